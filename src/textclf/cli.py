@@ -1,0 +1,112 @@
+"""`textclf`: one command per pipeline stage, plus `predict`.
+
+Thin on purpose: load params.yaml once, call the stage's ``run(params, paths)``, and turn a
+``TextclfError`` into its message on stderr and exit status 1. Stage modules are imported only
+when their command runs, so `textclf predict` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from textclf.config import Paths, load_params
+from textclf.errors import TextclfError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Reproducible AG News transformer classifier: DVC stages and ONNX prediction.",
+)
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read.")
+
+
+def _fail(exc: TextclfError) -> None:
+    typer.echo(f"textclf: error: {exc}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _run_stage(module_name: str, params_path: Path) -> None:
+    # Analytics are off for every tool this project drives (no network here, and no surprise
+    # traffic for users); respected if a user has set them otherwise.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    try:
+        params = load_params(params_path)
+        module = importlib.import_module(f"textclf.{module_name}")
+        summary = module.run(params, Paths())
+    except TextclfError as exc:
+        _fail(exc)
+    if summary:
+        typer.echo(json.dumps(summary, sort_keys=True))
+
+
+@app.command()
+def fetch(params: Path = PARAMS) -> None:
+    """Download or copy the raw CSVs and verify their sha256 -> data/raw/."""
+    _run_stage("fetch", params)
+
+
+@app.command()
+def validate(params: Path = PARAMS) -> None:
+    """Run the Great Expectations suite -> data/validated/, metrics/validation.json."""
+    _run_stage("validate", params)
+
+
+@app.command()
+def tokenize(params: Path = PARAMS) -> None:
+    """Encode with tiktoken, split train/val, pad, build the compact vocabulary -> data/tokens/."""
+    _run_stage("tokenization", params)
+
+
+@app.command()
+def train(params: Path = PARAMS) -> None:
+    """Train the transformer (resumes from models/checkpoint/) -> models/model.pt, metrics/train."""
+    _run_stage("train", params)
+
+
+@app.command()
+def evaluate(params: Path = PARAMS) -> None:
+    """Score the model and a TF-IDF baseline on the test split -> metrics/eval*."""
+    _run_stage("evaluate", params)
+
+
+@app.command()
+def export(params: Path = PARAMS) -> None:
+    """Export to ONNX with the vocabulary map and metadata inside -> models/model.onnx."""
+    _run_stage("export", params)
+
+
+@app.command()
+def parity(params: Path = PARAMS) -> None:
+    """Compare PyTorch and ONNX Runtime on the test split and edge cases -> metrics/parity.json."""
+    _run_stage("parity", params)
+
+
+@app.command()
+def predict(
+    texts: list[str] = typer.Argument(None, help="Texts to classify (omit to read lines)."),
+    file: Path = typer.Option(None, "--file", "-f", help="Read one text per line ('-': stdin)."),
+    model: Path = typer.Option(Path("models/model.onnx"), "--model", "-m"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+) -> None:
+    """Print one JSON line per text: label and class probabilities, from the ONNX model."""
+    from textclf import predict as predict_module
+
+    try:
+        code = predict_module.run_cli(texts or [], file, model, batch_size)
+    except TextclfError as exc:
+        _fail(exc)
+    sys.stdout.flush()
+    raise typer.Exit(code=code)
+
+
+if __name__ == "__main__":
+    app()

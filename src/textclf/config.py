@@ -1,0 +1,324 @@
+"""Typed, frozen configuration: one dataclass per ``params.yaml`` section, validated once.
+
+``load_params`` reads the file and returns a ``Params``; any unknown key, missing key, wrong type
+or out-of-range value raises one ``TextclfError`` naming the key and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from textclf.errors import TextclfError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise TextclfError(
+            f"params.yaml: `{key}` must be {expected}, got {value!r}. Fix it in params.yaml "
+            f"(or override it for one experiment with `dvc exp run -S {key}=...`)."
+        )
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    # A local directory, a file:// URL or any fsspec URL (https://, s3://, ...) holding
+    # train.csv and test.csv in the char-CNN format. Relative paths are from the project root.
+    source: str
+    # Pinned sha256 per split ("train", "test"); a SHA256SUMS file at the source is checked too.
+    sha256: dict[str, str] = field(default_factory=dict)
+    # Stratified subsample for quick runs: keep this share of each class (1.0 = everything) ...
+    fraction: float = 1.0
+    # ... and at most this many rows per class and split (0 = no cap).
+    max_rows_per_class: int = 0
+    seed: int = 42
+    timeout_s: float = 60.0
+
+    def check(self, section: str) -> None:
+        _check(bool(self.source.strip()), f"{section}.source", "a path or URL", self.source)
+        for split, digest in self.sha256.items():
+            _check(split in ("train", "test"), f"{section}.sha256", "keyed by train/test", split)
+            _check(_is_sha256(digest), f"{section}.sha256.{split}", "64 hex digits", digest)
+        _check(0 < self.fraction <= 1, f"{section}.fraction", "in (0, 1]", self.fraction)
+        _check(self.max_rows_per_class >= 0, f"{section}.max_rows_per_class", ">= 0",
+               self.max_rows_per_class)
+        _check(self.timeout_s > 0, f"{section}.timeout_s", "> 0", self.timeout_s)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    # Index i names class i + 1 of the CSV (the char-CNN files number classes from 1).
+    label_names: tuple[str, ...]
+    min_rows: int = 100
+    min_text_chars: int = 10
+    max_text_chars: int = 5000
+    # Largest / smallest class count, per split.
+    max_class_ratio: float = 1.5
+    # Share of train rows whose text also appears in test; they are dropped, above this it fails.
+    max_leakage_share: float = 0.01
+    # How many offending rows each failed expectation shows.
+    report_rows: int = 5
+
+    def check(self, section: str) -> None:
+        names = self.label_names
+        _check(len(names) >= 2 and len(set(names)) == len(names), f"{section}.label_names",
+               "a list of at least two distinct names", list(names))
+        _check(self.min_rows >= 1, f"{section}.min_rows", ">= 1", self.min_rows)
+        _check(0 <= self.min_text_chars <= self.max_text_chars, f"{section}.min_text_chars",
+               "between 0 and max_text_chars", self.min_text_chars)
+        _check(self.max_class_ratio >= 1, f"{section}.max_class_ratio", ">= 1",
+               self.max_class_ratio)
+        _check(0 <= self.max_leakage_share <= 1, f"{section}.max_leakage_share", "in [0, 1]",
+               self.max_leakage_share)
+        _check(self.report_rows >= 1, f"{section}.report_rows", ">= 1", self.report_rows)
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    encoding: str = "cl100k_base"
+    max_length: int = 256
+    val_fraction: float = 0.1
+    seed: int = 42
+    # Keep the K most frequent training ids (0 = every id seen in the training split).
+    vocab_size: int = 0
+    # Ids seen fewer times than this in the training split map to the unknown row.
+    min_freq: int = 1
+
+    def check(self, section: str) -> None:
+        _check(self.max_length >= 2, f"{section}.max_length", ">= 2", self.max_length)
+        _check(0 < self.val_fraction < 1, f"{section}.val_fraction", "in (0, 1)",
+               self.val_fraction)
+        _check(self.vocab_size >= 0, f"{section}.vocab_size", ">= 0", self.vocab_size)
+        _check(self.min_freq >= 1, f"{section}.min_freq", ">= 1", self.min_freq)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+
+    def check(self, section: str) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "d_ff"):
+            _check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
+        _check(self.d_model % self.n_heads == 0, f"{section}.d_model",
+               f"a multiple of n_heads ({self.n_heads})", self.d_model)
+        _check(0 <= self.dropout < 1, f"{section}.dropout", "in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    epochs: int = 3
+    # Share of all optimisation steps spent warming up linearly; cosine decay afterwards.
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.05
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    precision: Precision = "auto"
+    device: Device = "auto"
+    # Stop after this many epochs without a better validation loss (0 = never stop early).
+    patience: int = 2
+    seed: int = 42
+    # CPU threads for torch (0 = leave torch's default).
+    num_threads: int = 0
+
+    def check(self, section: str) -> None:
+        _check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, f"{section}.weight_decay", ">= 0", self.weight_decay)
+        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        _check(self.epochs >= 1, f"{section}.epochs", ">= 1", self.epochs)
+        _check(0 <= self.warmup_frac < 1, f"{section}.warmup_frac", "in [0, 1)",
+               self.warmup_frac)
+        _check(0 <= self.min_lr_frac <= 1, f"{section}.min_lr_frac", "in [0, 1]",
+               self.min_lr_frac)
+        _check(0 <= self.label_smoothing < 1, f"{section}.label_smoothing", "in [0, 1)",
+               self.label_smoothing)
+        _check(self.grad_clip >= 0, f"{section}.grad_clip", ">= 0 (0 disables)", self.grad_clip)
+        _check(self.patience >= 0, f"{section}.patience", ">= 0", self.patience)
+        _check(self.num_threads >= 0, f"{section}.num_threads", ">= 0", self.num_threads)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 256
+    # TF-IDF + logistic-regression baseline, fitted on the same training split.
+    baseline_ngram_max: int = 2
+    baseline_min_df: int = 2
+    baseline_c: float = 10.0
+    # Rows in metrics/eval/misclassified.csv (most confident mistakes first).
+    n_misclassified: int = 25
+
+    def check(self, section: str) -> None:
+        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        _check(self.baseline_ngram_max >= 1, f"{section}.baseline_ngram_max", ">= 1",
+               self.baseline_ngram_max)
+        _check(self.baseline_min_df >= 1, f"{section}.baseline_min_df", ">= 1",
+               self.baseline_min_df)
+        _check(self.baseline_c > 0, f"{section}.baseline_c", "> 0", self.baseline_c)
+        _check(self.n_misclassified >= 0, f"{section}.n_misclassified", ">= 0",
+               self.n_misclassified)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+
+    def check(self, section: str) -> None:
+        _check(self.opset >= 17, f"{section}.opset", ">= 17", self.opset)
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    max_abs_diff: float = 1e-4
+    min_argmax_agreement: float = 1.0
+    batch_size: int = 256
+    latency_runs: int = 50
+
+    def check(self, section: str) -> None:
+        _check(self.max_abs_diff > 0, f"{section}.max_abs_diff", "> 0", self.max_abs_diff)
+        _check(0 <= self.min_argmax_agreement <= 1, f"{section}.min_argmax_agreement",
+               "in [0, 1]", self.min_argmax_agreement)
+        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        _check(self.latency_runs >= 1, f"{section}.latency_runs", ">= 1", self.latency_runs)
+
+
+@dataclass(frozen=True)
+class Params:
+    fetch: FetchConfig
+    validate: ValidateConfig
+    tokenize: TokenizeConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    parity: ParityConfig
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise ``TextclfError`` naming the first bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TextclfError(
+            f"{path}: not found. Run textclf from the project root (where params.yaml lives) "
+            "or pass --params PATH."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise TextclfError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from None
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: Any) -> Params:
+    _check(isinstance(raw, dict), "<top level>", "a mapping of sections", type(raw).__name__)
+    return _build(Params, raw, "")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    _check(isinstance(raw, dict), where, "a mapping", raw)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise TextclfError(
+            f"params.yaml: unknown key `{prefix}{unknown[0]}`. Known keys in `{where}`: "
+            f"{', '.join(fields)}. Fix the spelling or remove it."
+        )
+    values = {}
+    for name, fld in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            missing = (fld.default is dataclasses.MISSING
+                       and fld.default_factory is dataclasses.MISSING)
+            if missing:
+                raise TextclfError(f"params.yaml: `{key}` is missing. Add it to params.yaml.")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key)
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(prefix.rstrip("."))
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        _check(value in choices, key, f"one of {', '.join(map(str, choices))}", value)
+        return value
+    if origin is tuple:
+        _check(isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
+               key, "a list of strings", value)
+        return tuple(value)
+    if origin is dict:
+        _check(isinstance(value, dict), key, "a mapping", value)
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), key, "true or false", value)
+    elif hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+    elif hint is float:
+        _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
+               value)
+        return float(value)
+    elif hint is str:
+        _check(isinstance(value, str), key, "a string", value)
+    return value
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage reads and writes, relative to the project root (as in dvc.yaml)."""
+
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def validated(self) -> Path:
+        return self.root / "data" / "validated"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "data" / "tokens"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "model.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "models" / "checkpoint"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "models" / "model.onnx"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"

@@ -1,0 +1,39 @@
+"""Text normalisation shared by validation (training data) and prediction (user input).
+
+The AG News CSVs carry artefacts of their scraping: HTML entities without their ampersand
+(``#39;``), escaped entities (``&lt;b&gt;``), and backslashes where the source had line breaks
+(``end of\\the line``) or escaped dollars (``\\$5``). Cleaning them in one place means the model
+sees at serving time exactly the kind of text it saw in training.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# The scrape turned "America&#39;s" into "America #39;s": the space stands where "&" was.
+_BARE_APOSTROPHE = re.compile(r" ?(?<!&)#39;")
+_BARE_ENTITY = re.compile(r"(?<!&)#(x?[0-9a-fA-F]+);")
+_ESCAPED_DOLLAR = re.compile(r"\\(?=\$)")
+# A literal "\n" is a newline escape unless a lowercase word goes on ("rebel\negotiators": the
+# backslash alone stood for the line break there).
+_NEWLINE_ESCAPE = re.compile(r"\\n(?![a-z])")
+_TAG = re.compile(r"<[^<>]{0,200}>")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Undo the corpus's escapes and collapse whitespace (idempotent on clean text)."""
+    text = _BARE_APOSTROPHE.sub("'", text)
+    text = _BARE_ENTITY.sub(r"&#\1;", text)
+    text = html.unescape(text)
+    text = _TAG.sub(" ", text)
+    text = _ESCAPED_DOLLAR.sub("", text)
+    text = _NEWLINE_ESCAPE.sub(" ", text)
+    text = text.replace("\\", " ")
+    return _SPACE.sub(" ", text).strip()
+
+
+def join_title_description(title: str, description: str) -> str:
+    """The model's input text: title and description, cleaned, joined by one space."""
+    return clean_text(f"{title} {description}")

@@ -1,0 +1,161 @@
+"""Stage `tokenize`: validated text -> padded compact-id arrays, labels, lengths and the vocabulary.
+
+Reads  data/validated/{train,test}.parquet, data/validated/labels.json
+Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels, rows)
+       data/tokens/vocab.json            (encoding, max_length, pad_id, n_vocab, raw_ids, labels)
+
+The validation split is carved out of the training file here (stratified, seeded), so model
+selection never sees the test file. The compact vocabulary covers only ids seen in the training
+split: the embedding table shrinks from ~100k rows to the few tens of thousands the data uses.
+Encoding helpers here import numpy and tiktoken only, so `predict` can share them without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from textclf.atomic import atomic_dir
+from textclf.config import Params, Paths
+from textclf.errors import TextclfError
+from textclf.tokenizer import load_encoding, pad_id
+
+PAD_ROW, UNK_ROW = 0, 1  # mirrored in model.py, which this module must not import (torch)
+SPLITS = ("train", "val", "test")
+
+
+def encode(encoding: tiktoken.Encoding, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Raw tiktoken ids per text, truncated to ``max_length``. Special tokens are plain text."""
+    threads = max(1, os.cpu_count() or 1)
+    ids = encoding.encode_ordinary_batch(list(texts), num_threads=threads)
+    return [row[:max_length] for row in ids]
+
+
+def pad(rows: Sequence[Sequence[int]], pad_value: int, width: int | None = None) -> np.ndarray:
+    """Right-pad to ``width`` (default: the longest row, at least 1) -> int64 (N, width)."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    if width is None:
+        width = max(1, int(lengths.max(initial=0)))
+    out = np.full((len(rows), width), pad_value, dtype=np.int64)
+    if len(rows):
+        flat = np.fromiter((t for r in rows for t in r[:width]), dtype=np.int64)
+        clipped = np.minimum(lengths, width)
+        mask = np.arange(width)[None, :] < clipped[:, None]
+        out[mask] = flat
+    return out
+
+
+def build_vocab(train_ids: Sequence[Sequence[int]], n_vocab: int, size: int,
+                min_freq: int) -> np.ndarray:
+    """Raw ids kept in the compact vocabulary, sorted ascending: seen >= min_freq times in the
+    training split, and the ``size`` most frequent of those when size > 0 (ties: lower id)."""
+    flat = np.fromiter((t for r in train_ids for t in r), dtype=np.int64)
+    counts = np.bincount(flat, minlength=n_vocab)
+    kept = np.flatnonzero(counts >= min_freq)
+    if size and len(kept) > size:
+        order = np.lexsort((kept, -counts[kept]))
+        kept = np.sort(kept[order[:size]])
+    return kept.astype(np.int64)
+
+
+def compact_map(raw_ids: np.ndarray, n_vocab: int, pad: int) -> np.ndarray:
+    """Lookup table raw id -> compact row (numpy twin of model.compact_id_map)."""
+    table = np.full(n_vocab, UNK_ROW, dtype=np.int64)
+    table[raw_ids] = np.arange(2, 2 + len(raw_ids))
+    table[pad] = PAD_ROW
+    return table
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val), each class split in the same proportion, reproducibly."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(labels))
+    try:
+        train_rows, val_rows = train_test_split(
+            rows, test_size=val_fraction, random_state=seed, stratify=labels
+        )
+    except ValueError as exc:
+        raise TextclfError(
+            f"tokenize: cannot carve a stratified validation split ({exc}). Each class needs "
+            "at least two training rows: lower tokenize.val_fraction or fetch more data."
+        ) from None
+    return np.sort(train_rows), np.sort(val_rows)
+
+
+def run(params: Params, paths: Paths) -> dict[str, int]:
+    import pandas as pd
+
+    cfg = params.tokenize
+    frames = {name: _read_validated(paths.validated / f"{name}.parquet") for name in ("train", "test")}
+    label_names = json.loads((paths.validated / "labels.json").read_text())["label_names"]
+    encoding = load_encoding(cfg.encoding)
+    pad_raw = pad_id(encoding)
+
+    train_labels = frames["train"]["label"].to_numpy(np.int64)
+    train_rows, val_rows = stratified_split(train_labels, cfg.val_fraction, cfg.seed)
+    split_rows = {"train": train_rows, "val": val_rows, "test": np.arange(len(frames["test"]))}
+    split_source = {"train": "train", "val": "train", "test": "test"}
+
+    encoded = {name: encode(encoding, frame["text"].tolist(), cfg.max_length)
+               for name, frame in frames.items()}
+    train_part = [encoded["train"][i] for i in train_rows]
+    raw_ids = build_vocab(train_part, encoding.n_vocab, cfg.vocab_size, cfg.min_freq)
+    table = compact_map(raw_ids, encoding.n_vocab, pad_raw)
+
+    summary: dict[str, int] = {"vocab_rows": len(raw_ids) + 2}
+    with atomic_dir(paths.tokens) as out:
+        for split in SPLITS:
+            source: pd.DataFrame = frames[split_source[split]]
+            rows = split_rows[split]
+            seqs = [encoded[split_source[split]][i] for i in rows]
+            ids = table[pad(seqs, pad_raw, width=cfg.max_length)].astype(np.int32)
+            np.savez(
+                out / f"{split}.npz",
+                ids=ids,
+                lengths=np.array([len(s) for s in seqs], dtype=np.int32),
+                labels=source["label"].to_numpy(np.int64)[rows],
+                rows=rows.astype(np.int64),
+            )
+            summary[f"{split}_rows"] = len(rows)
+        vocab = {
+            "encoding": cfg.encoding,
+            "max_length": cfg.max_length,
+            "pad_id": pad_raw,
+            "n_vocab": encoding.n_vocab,
+            "label_names": label_names,
+            "raw_ids": raw_ids.tolist(),
+        }
+        (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    return summary
+
+
+def _read_validated(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise TextclfError(f"{path}: not found. Run `dvc repro validate` first.")
+    frame = pd.read_parquet(path, columns=["label", "text"])
+    return frame
+
+
+def load_split(tokens_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """One split's arrays as written by ``run``: ids, lengths, labels, rows."""
+    path = tokens_dir / f"{split}.npz"
+    if not path.exists():
+        raise TextclfError(f"{path}: not found. Run `dvc repro tokenize` first.")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_vocab(tokens_dir: Path) -> dict:
+    path = tokens_dir / "vocab.json"
+    if not path.exists():
+        raise TextclfError(f"{path}: not found. Run `dvc repro tokenize` first.")
+    return json.loads(path.read_text(encoding="utf-8"))

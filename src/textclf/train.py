@@ -1,0 +1,303 @@
+"""Stage `train`: data/tokens -> models/model.pt, metrics/train/ (dvclive), models/checkpoint/.
+
+Mixed precision by `train.precision`: `auto` is fp16 + GradScaler on CUDA and bf16 autocast on a
+CPU with native bf16 (fp32 elsewhere). Batches are length-bucketed and trimmed to their longest
+real sequence, so padding to max_length costs nothing here. The model is selected on the
+validation split only. A checkpoint is written after every epoch; a re-run with the same
+config and data resumes from it and ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textclf import __version__
+from textclf.atomic import atomic_path
+from textclf.config import Params, Paths, TrainConfig
+from textclf.errors import TextclfError
+from textclf.model import Bundle, TextClassifier, TokenizerInfo, safe_torch_load, save_bundle
+from textclf.tokenization import load_split, load_vocab
+
+BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None = plain fp32
+    scaled: bool  # fp16 needs loss scaling; bf16 has fp32's range and does not
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def resolve_precision(cfg: TrainConfig) -> Precision:
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise TextclfError(
+            "train.device is cuda but no CUDA device is visible to torch. Set train.device to "
+            "auto or cpu, or install a CUDA build of torch on a GPU machine."
+        )
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda)
+                          else "cpu")
+    choice = cfg.precision
+    if choice == "auto":
+        if device.type == "cuda":
+            choice = "fp16"
+        else:
+            choice = "bf16" if _cpu_has_native_bf16() else "fp32"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+    return Precision(device=device, dtype=dtype, scaled=choice == "fp16")
+
+
+def _cpu_has_native_bf16() -> bool:
+    # Without avx512_bf16/AMX, bf16 matmuls are emulated on CPU and slower than fp32.
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return "AVX512" in capability and bool(getattr(torch.cpu, "_is_avx512_bf16_supported",
+                                                   lambda: False)())
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
+                     shuffle: bool = True) -> list[np.ndarray]:
+    """Index batches of similar length: shuffle, sort within buckets, shuffle the batches."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    bucket = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, n, bucket):
+        chunk = order[start:start + bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return batches
+
+
+def trimmed(split: dict[str, np.ndarray], index: np.ndarray,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch cut to its longest real sequence: (ids (B, T), labels (B,))."""
+    width = max(1, int(split["lengths"][index].max()))
+    ids = torch.from_numpy(split["ids"][index, :width].astype(np.int64))
+    labels = torch.from_numpy(split["labels"][index])
+    return ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_frac`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.inference_mode()
+def evaluate_split(model: TextClassifier, split: dict[str, np.ndarray], batch_size: int,
+                   precision: Precision, label_smoothing: float = 0.0) -> dict[str, float]:
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for index in bucketed_batches(split["lengths"], batch_size, torch.Generator(), shuffle=False):
+        ids, labels = trimmed(split, index, precision.device)
+        with precision.autocast():
+            logits = model(ids)
+        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum",
+                                      label_smoothing=label_smoothing).item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+    n = len(split["labels"])
+    return {"loss": total_loss / n, "acc": correct / n}
+
+
+def fingerprint(params: Params, paths: Paths) -> str:
+    """Identity of a training run: configs + the exact token files. Resume only on a match."""
+    digest = hashlib.sha256()
+    for cfg in (params.model, params.train):
+        digest.update(repr(dataclasses.asdict(cfg)).encode())
+    for name in ("train.npz", "val.npz", "vocab.json"):
+        digest.update((paths.tokens / name).read_bytes())
+    return digest.hexdigest()
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    from dvclive import Live
+
+    cfg = params.train
+    torch.manual_seed(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    precision = resolve_precision(cfg)
+    if precision.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+    vocab = load_vocab(paths.tokens)
+    train_split, val_split = load_split(paths.tokens, "train"), load_split(paths.tokens, "val")
+    model = TextClassifier(params.model, vocab_rows=len(vocab["raw_ids"]) + 2,
+                           num_labels=len(vocab["label_names"]),
+                           max_length=vocab["max_length"]).to(precision.device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, fused=precision.device.type == "cuda",
+    )
+    steps_per_epoch = math.ceil(len(train_split["labels"]) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, round(cfg.warmup_frac * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.min_lr_frac))
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scaled)
+
+    state = _TrainState(fingerprint=fingerprint(params, paths))
+    ckpt_path = paths.checkpoint / "last.pt"
+    resumed = state.load_into(ckpt_path, model, optimizer, scheduler, scaler)
+
+    live = Live(str(paths.metrics / "train"), dvcyaml=None, save_dvc_exp=False)
+    for row in state.history:  # DVC cleared metrics/train: replay what the checkpoint saw
+        _log_epoch(live, row)
+
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.stale_epochs >= cfg.patience > 0:
+            break
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        batches = bucketed_batches(train_split["lengths"], cfg.batch_size, generator)
+        model.train()
+        seen, loss_sum, started = 0, 0.0, time.perf_counter()
+        for ids, labels in _progress(batches, train_split, precision, epoch, cfg.epochs):
+            with precision.autocast():
+                logits = model(ids)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+        elapsed = time.perf_counter() - started
+        val = evaluate_split(model, val_split, cfg.batch_size * 4, precision,
+                             cfg.label_smoothing)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
+               "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0],
+               "samples_per_s": seen / elapsed}
+        state.record(row, model)
+        _log_epoch(live, row)
+        print(f"epoch {row['epoch']}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
+              f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
+              f"{row['samples_per_s']:.0f} samples/s", file=sys.stderr, flush=True)
+        state.save(ckpt_path, model, optimizer, scheduler, scaler)
+
+    best = state.best_row or {}
+    live.summary.update({f"best/{k}": v for k, v in best.items() if k != "lr"})
+    live.summary.update({"epochs_run": len(state.history), "resumed": resumed,
+                         "precision": str(precision.dtype or "fp32").replace("torch.", ""),
+                         "device": precision.device.type})
+    live.end()
+
+    model.load_state_dict(state.best_weights or model.state_dict())
+    model.cpu().eval()
+    save_bundle(paths.model, Bundle(
+        model=model,
+        vocab_raw_ids=torch.tensor(vocab["raw_ids"], dtype=torch.int64),
+        label_names=vocab["label_names"],
+        tokenizer=TokenizerInfo(encoding=vocab["encoding"], max_length=vocab["max_length"],
+                                pad_id=vocab["pad_id"], n_vocab=vocab["n_vocab"]),
+        train_config={"train": dataclasses.asdict(cfg),
+                      "model": dataclasses.asdict(params.model),
+                      "best_epoch": best.get("epoch"), "fingerprint": state.fingerprint},
+        package_version=__version__,
+    ))
+    return {"best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
+            "epochs_run": len(state.history), "resumed": resumed}
+
+
+def _progress(batches: list[np.ndarray], split: dict[str, np.ndarray], precision: Precision,
+              epoch: int, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from tqdm import tqdm
+
+    # A live bar on a terminal; logs (CI, dvc repro > file) get the per-epoch line instead.
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", mininterval=2.0,
+               dynamic_ncols=True, disable=None)
+    seen, started = 0, time.perf_counter()
+    for index in bar:
+        yield trimmed(split, index, precision.device)
+        seen += len(index)
+        bar.set_postfix(samples_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+
+
+def _log_epoch(live: Any, row: dict[str, float]) -> None:
+    live.log_metric("train/loss", row["train_loss"])
+    live.log_metric("val/loss", row["val_loss"])
+    live.log_metric("val/acc", row["val_acc"])
+    live.log_metric("lr", row["lr"], plot=False)
+    live.log_metric("samples_per_s", row["samples_per_s"], plot=False)
+    live.next_step()
+
+
+@dataclasses.dataclass
+class _TrainState:
+    """What a checkpoint carries besides the optimiser: progress, history, the best weights."""
+
+    fingerprint: str
+    epoch: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_row: dict[str, float] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    stale_epochs: int = 0
+
+    def record(self, row: dict[str, float], model: torch.nn.Module) -> None:
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        better = self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
+            self.best_row["val_acc"], -self.best_row["val_loss"])
+        if better:
+            self.best_row = row
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+
+    def save(self, path: Path, model, optimizer, scheduler, scaler) -> None:
+        payload = {
+            "fingerprint": self.fingerprint, "epoch": self.epoch, "history": self.history,
+            "best_row": self.best_row, "best_weights": self.best_weights,
+            "stale_epochs": self.stale_epochs, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def load_into(self, path: Path, model, optimizer, scheduler, scaler) -> bool:
+        """Resume from ``path`` when it belongs to this exact run; report whether it did."""
+        if not path.exists():
+            return False
+        try:
+            payload = safe_torch_load(path)
+        except TextclfError:
+            return False  # unreadable resume point: start over rather than fail the stage
+        if payload.get("fingerprint") != self.fingerprint:
+            return False  # another config or other data: its progress does not apply
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+        for name in ("epoch", "history", "best_row", "best_weights", "stale_epochs"):
+            setattr(self, name, payload[name])
+        return True

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from textclf import tokenization
+from textclf.config import Paths
+from textclf.errors import TextclfError
+from textclf.text import clean_text, join_title_description
+from textclf.tokenizer import CL100K_SHA256, load_encoding, pad_id
+from tests.conftest import LABEL_NAMES
+from tests.helpers import small_params, write_validated
+
+
+@pytest.fixture
+def tokenized(tmp_path, corpus_dir):
+    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    params = small_params()
+    summary = tokenization.run(params, Paths(tmp_path))
+    return tmp_path, params, summary
+
+
+def test_bundled_encoding_loads_offline_and_matches_pin() -> None:
+    enc = load_encoding("cl100k_base")
+    assert enc.name == "cl100k_base"
+    assert enc.encode_ordinary("hello world") == [15339, 1917]
+    assert pad_id(enc) == 100257
+    assert len(CL100K_SHA256) == 64
+
+
+def test_unavailable_encoding_fails_with_instructions(monkeypatch) -> None:
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("Failed to resolve host")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    load_encoding.cache_clear()
+    with pytest.raises(TextclfError, match="TIKTOKEN_CACHE_DIR") as err:
+        load_encoding("o200k_base")
+    assert "cl100k_base" in str(err.value)
+    load_encoding.cache_clear()
+
+
+def test_clean_text_undoes_corpus_escapes() -> None:
+    raw = r"America #39;s &lt;b&gt;top&lt;/b&gt; pick costs #36;5 or \$6, end of\the line"
+    assert clean_text(raw) == "America's top pick costs $5 or $6, end of the line"
+    assert clean_text(clean_text(raw)) == clean_text(raw)
+    assert join_title_description("  Title ", " body\\n ") == "Title body"
+    assert clean_text("rebel\\negotiators") == "rebel negotiators"
+
+
+def test_pad_and_truncate() -> None:
+    enc = load_encoding("cl100k_base")
+    rows = tokenization.encode(enc, ["", "one", "word " * 100], max_length=8)
+    assert [len(r) for r in rows] == [0, 1, 8]
+    padded = tokenization.pad(rows, pad_value=-1)
+    assert padded.shape == (3, 8)
+    assert (padded[0] == -1).all() and padded[1, 0] == rows[1][0] and (padded[1, 1:] == -1).all()
+    assert tokenization.pad([[]], pad_value=7).shape == (1, 1)
+
+
+def test_vocab_keeps_train_ids_with_top_k_and_min_freq() -> None:
+    rows = [[5, 5, 5, 9], [9, 7], [3]]
+    assert tokenization.build_vocab(rows, 20, size=0, min_freq=1).tolist() == [3, 5, 7, 9]
+    assert tokenization.build_vocab(rows, 20, size=2, min_freq=1).tolist() == [5, 9]
+    assert tokenization.build_vocab(rows, 20, size=0, min_freq=2).tolist() == [5, 9]
+    table = tokenization.compact_map(np.array([5, 9]), 20, pad=19)
+    assert table[5] == 2 and table[9] == 3 and table[7] == tokenization.UNK_ROW
+    assert table[19] == tokenization.PAD_ROW
+
+
+def test_stage_outputs(tokenized) -> None:
+    root, params, summary = tokenized
+    out = root / "data" / "tokens"
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab["label_names"] == LABEL_NAMES and vocab["pad_id"] == 100257
+    assert summary["vocab_rows"] == len(vocab["raw_ids"]) + 2
+    splits = {s: tokenization.load_split(out, s) for s in tokenization.SPLITS}
+    for split in splits.values():
+        assert split["ids"].shape == (len(split["labels"]), params.tokenize.max_length)
+        lengths = split["lengths"]
+        real = split["ids"] != tokenization.PAD_ROW
+        assert (real.sum(1) == lengths).all()  # padding exactly after the real tokens
+    # Validation rows are carved out of train, disjoint, stratified.
+    assert not set(splits["train"]["rows"]) & set(splits["val"]["rows"])
+    assert len(splits["train"]["rows"]) + len(splits["val"]["rows"]) == 240
+    assert np.bincount(splits["val"]["labels"]).tolist() == [6, 6, 6, 6]
+    # Every id the training split uses is in the vocabulary: no unknown rows in train.
+    assert not (splits["train"]["ids"] == tokenization.UNK_ROW).any()
+
+
+def test_stage_is_deterministic(tokenized, tmp_path_factory) -> None:
+    root, params, _ = tokenized
+    first = (root / "data" / "tokens" / "train.npz").read_bytes()
+    tokenization.run(params, Paths(root))
+    assert (root / "data" / "tokens" / "train.npz").read_bytes() == first
+
+
+def test_missing_input_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(TextclfError, match=r"validated/train.parquet: not found.*dvc repro"):
+        tokenization.run(small_params(), Paths(tmp_path))
+    assert not (tmp_path / "data" / "tokens").exists()

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from textclf import tokenization, train
+from textclf.config import Paths
+from textclf.errors import TextclfError
+from textclf.model import load_bundle
+from tests.conftest import LABEL_NAMES
+from tests.helpers import small_params, write_validated
+
+
+@pytest.fixture
+def tokens_root(tmp_path_factory, corpus_dir):
+    root = tmp_path_factory.mktemp("project")
+    write_validated(root, corpus_dir, LABEL_NAMES)
+    tokenization.run(small_params(), Paths(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path, monkeypatch):
+    # dvclive looks for a DVC repo from the cwd; tests must not see (or touch) this checkout.
+    monkeypatch.chdir(tmp_path)
+
+
+def _train(root, **overrides):
+    return train.run(small_params(**overrides), Paths(root))
+
+
+def _copy_tokens(src, dst):
+    import shutil
+
+    shutil.copytree(src / "data" / "tokens", dst / "data" / "tokens")
+
+
+def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
+    summary = _train(tokens_root, train={"epochs": 3})
+    assert summary["best_val_acc"] > 0.6  # four classes: chance is 0.25
+    bundle = load_bundle(tokens_root / "models" / "model.pt")
+    assert bundle.label_names == LABEL_NAMES
+    assert bundle.train_config["train"]["epochs"] == 3
+    assert bundle.train_config["model"]["d_model"] == 32
+    assert bundle.tokenizer.encoding == "cl100k_base"
+    metrics = json.loads((tokens_root / "metrics" / "train" / "metrics.json").read_text())
+    assert metrics["best/val_acc"] == summary["best_val_acc"]
+    curve = (tokens_root / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
+    assert curve[0] == "step\tacc" and len(curve) == 1 + summary["epochs_run"]
+
+
+def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
+    _copy_tokens(tokens_root, tmp_path)
+    _train(tokens_root)
+    _train(tmp_path)
+    first = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
+    second = load_bundle(tmp_path / "models" / "model.pt").model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_path,
+                                                            monkeypatch) -> None:
+    _copy_tokens(tokens_root, tmp_path)
+    reference = _train(tokens_root, train={"epochs": 3, "patience": 0})
+
+    real_save = train._TrainState.save
+
+    def save_then_crash(self, *args):
+        real_save(self, *args)
+        if self.epoch == 1:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(train._TrainState, "save", save_then_crash)
+        _train(tmp_path, train={"epochs": 3, "patience": 0})
+    resumed = _train(tmp_path, train={"epochs": 3, "patience": 0})
+
+    assert resumed["resumed"] is True
+    assert resumed["best_val_acc"] == reference["best_val_acc"]
+    a = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
+    b = load_bundle(tmp_path / "models" / "model.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    curve = (tmp_path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
+    assert len(curve) == 4  # replayed epoch 1 + trained epochs 2 and 3
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tokens_root) -> None:
+    _train(tokens_root, train={"epochs": 1})
+    summary = _train(tokens_root, train={"epochs": 1, "lr": 1e-3})
+    assert summary["resumed"] is False
+
+
+def test_bucketed_batches_cover_every_row_once() -> None:
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    batches = train.bucketed_batches(lengths, 32, torch.Generator().manual_seed(1))
+    counts = collections.Counter(np.concatenate(batches).tolist())
+    assert sorted(counts) == list(range(1000)) and set(counts.values()) == {1}
+    # Sorting within buckets keeps each batch's lengths close together.
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 10
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    factors = [train.lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_precision_choice() -> None:
+    params = small_params(train={"precision": "fp32", "device": "cpu"})
+    assert train.resolve_precision(params.train).dtype is None
+    bf16 = train.resolve_precision(small_params(train={"precision": "bf16"}).train)
+    assert bf16.dtype == torch.bfloat16 and not bf16.scaled
+    if not torch.cuda.is_available():
+        with pytest.raises(TextclfError, match="no CUDA device"):
+            train.resolve_precision(small_params(train={"device": "cuda"}).train)
+
+
+def test_bf16_autocast_trains(tokens_root) -> None:
+    summary = _train(tokens_root, train={"precision": "bf16", "epochs": 1})
+    assert summary["best_val_acc"] > 0.25
+
+
+def test_pickled_object_in_model_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"format": 1, "payload": collections.OrderedDict(a=object())}, path)
+    with pytest.raises(TextclfError, match="refused to load"):
+        load_bundle(path)
