@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from tests.helpers import PROJECT_ROOT, params_dict
 from textclf.config import load_params, params_from_dict
 from textclf.errors import TextclfError
-from tests.helpers import PROJECT_ROOT, params_dict
 
 
 def test_repo_params_load() -> None:
@@ -28,7 +28,7 @@ def test_repo_params_load() -> None:
     ],
 )
 def test_bad_value_names_key(section: str, key: str, value: object, needle: str) -> None:
-    with pytest.raises(TextclfError, match="params.yaml") as err:
+    with pytest.raises(TextclfError, match=r"params\.yaml") as err:
         params_from_dict(params_dict(**{section: {key: value}}))
     assert needle in str(err.value)
     assert "dvc exp run -S" in str(err.value)
@@ -36,11 +36,11 @@ def test_bad_value_names_key(section: str, key: str, value: object, needle: str)
 
 def test_unknown_and_missing_keys() -> None:
     raw = params_dict(train={"learning_rate": 1e-3})
-    with pytest.raises(TextclfError, match="unknown key `train.learning_rate`"):
+    with pytest.raises(TextclfError, match=r"unknown key `train\.learning_rate`"):
         params_from_dict(raw)
     raw = params_dict()
     del raw["fetch"]["source"]
-    with pytest.raises(TextclfError, match="`fetch.source` is missing"):
+    with pytest.raises(TextclfError, match=r"`fetch\.source` is missing"):
         params_from_dict(raw)
 
 

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import LABEL_NAMES
+from tests.helpers import small_params, write_validated
 from textclf import tokenization
 from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.text import clean_text, join_title_description
 from textclf.tokenizer import CL100K_SHA256, load_encoding, pad_id
-from tests.conftest import LABEL_NAMES
-from tests.helpers import small_params, write_validated
 
 
 @pytest.fixture

@@ -1,18 +1,19 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import LABEL_NAMES
+from tests.helpers import small_params, write_validated
 from textclf import tokenization, train
 from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.model import load_bundle
-from tests.conftest import LABEL_NAMES
-from tests.helpers import small_params, write_validated
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_bucketed_batches_cover_every_row_once() -> None:
 def test_lr_schedule_warms_up_then_decays() -> None:
     factors = [train.lr_factor(s, 100, 10, 0.1) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
 
 

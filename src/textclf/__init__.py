@@ -1,3 +1,3 @@
-"""textclf: a reproducible DVC pipeline that trains a transformer text classifier, shipped as ONNX."""
+"""textclf: a reproducible DVC pipeline training a transformer text classifier, shipped as ONNX."""
 
 __version__ = "0.1.0"

@@ -83,7 +83,7 @@ class TextClassifier(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        B, T = ids.shape
+        T = ids.shape[1]
         real = ids != PAD_ROW  # (B, T)
         # An empty text has no real token; letting position 0 count keeps softmax and the
         # mean finite (no NaN) and gives such rows a fixed, well-defined prediction.

@@ -93,7 +93,8 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     import pandas as pd
 
     cfg = params.tokenize
-    frames = {name: _read_validated(paths.validated / f"{name}.parquet") for name in ("train", "test")}
+    frames = {name: _read_validated(paths.validated / f"{name}.parquet")
+              for name in ("train", "test")}
     label_names = json.loads((paths.validated / "labels.json").read_text())["label_names"]
     encoding = load_encoding(cfg.encoding)
     pad_raw = pad_id(encoding)

@@ -42,7 +42,8 @@ def load_encoding(name: str) -> tiktoken.Encoding:
     except ValueError as exc:
         raise TextclfError(
             f"tokenize.encoding: unknown tiktoken encoding {name!r} ({exc}). "
-            "Use cl100k_base (bundled, works offline) or a name from tiktoken.list_encoding_names()."
+            "Use cl100k_base (bundled, works offline) or a name from "
+            "tiktoken.list_encoding_names()."
         ) from None
     except Exception as exc:  # requests/urllib errors differ across tiktoken versions
         raise TextclfError(

@@ -56,10 +56,8 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
                           else "cpu")
     choice = cfg.precision
     if choice == "auto":
-        if device.type == "cuda":
-            choice = "fp16"
-        else:
-            choice = "bf16" if _cpu_has_native_bf16() else "fp32"
+        cpu_choice = "bf16" if _cpu_has_native_bf16() else "fp32"
+        choice = "fp16" if device.type == "cuda" else cpu_choice
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
     return Precision(device=device, dtype=dtype, scaled=choice == "fp16")
 

@@ -1,0 +1,169 @@
+"""Stage `evaluate`: the trained model and a TF-IDF baseline, scored on the test split.
+
+Reads  models/model.pt, data/tokens/{train,test}.npz + vocab.json,
+       data/validated/{train,test}.parquet (texts for the baseline and the error report)
+Writes metrics/eval.json               (accuracy, macro-F1, per-class P/R/F1; baseline; delta)
+       metrics/eval/confusion.json     (one {"actual", "predicted"} per test row, DVC template)
+       metrics/eval/misclassified.csv  (the most confident wrong predictions)
+
+The baseline (word n-gram TF-IDF + logistic regression) is fitted on exactly the rows the model
+trained on (not the validation rows), so the delta measures the model, not the data.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from textclf.atomic import atomic_path, write_json, write_text
+from textclf.config import EvaluateConfig, Params, Paths
+from textclf.errors import TextclfError
+from textclf.model import Bundle, TextClassifier, load_bundle
+from textclf.tokenization import load_split, load_vocab
+
+_TEXT_CHARS = 300  # misclassified.csv stays readable in a terminal and in DVC Studio
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    import pandas as pd
+
+    cfg = params.evaluate
+    bundle = load_bundle(paths.model)
+    _check_same_tokens(bundle, load_vocab(paths.tokens), paths)
+    train, test = load_split(paths.tokens, "train"), load_split(paths.tokens, "test")
+    train_texts = _texts(paths.validated / "train.parquet", train["rows"])
+    test_texts = _texts(paths.validated / "test.parquet", test["rows"])
+    names = bundle.label_names
+    actual = test["labels"]
+
+    logits = model_logits(bundle.model, test["ids"], test["lengths"], cfg.batch_size)
+    probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    predicted = probs.argmax(axis=1)
+    baseline = baseline_predictions(train_texts, train["labels"], test_texts, cfg)
+
+    model_scores = scores(actual, predicted, names)
+    base_scores = scores(actual, baseline, names)
+    report = {
+        "model": model_scores,
+        "baseline": {k: base_scores[k] for k in ("accuracy", "macro_f1")},
+        "model_minus_baseline_accuracy": round(
+            model_scores["accuracy"] - base_scores["accuracy"], 6),
+        "test_rows": len(actual),
+    }
+    out = paths.metrics
+    write_json(out / "eval.json", report)
+    # One row per line: a readable git diff, and DVC's confusion template reads it as is.
+    rows = (json.dumps({"actual": names[a], "predicted": names[p]})
+            for a, p in zip(actual, predicted, strict=True))
+    write_text(out / "eval" / "confusion.json", "[\n" + ",\n".join(rows) + "\n]\n")
+
+    wrong = np.flatnonzero(predicted != actual)
+    confidence = probs[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][: cfg.n_misclassified]
+    table = pd.DataFrame({
+        "text": [_truncate(test_texts[i]) for i in worst],
+        "actual": [names[actual[i]] for i in worst],
+        "predicted": [names[predicted[i]] for i in worst],
+        "confidence": [round(float(probs[i, predicted[i]]), 4) for i in worst],
+    })
+    with atomic_path(out / "eval" / "misclassified.csv") as tmp:
+        table.to_csv(tmp, index=False)
+
+    return {"accuracy": model_scores["accuracy"], "macro_f1": model_scores["macro_f1"],
+            "baseline_accuracy": base_scores["accuracy"], "test_rows": len(actual)}
+
+
+def model_logits(model: TextClassifier, ids: np.ndarray, lengths: np.ndarray,
+                 batch_size: int) -> np.ndarray:
+    """float32 [N, K] logits for compact ids [N, max_length], in the input's row order."""
+    # Longest first, so each batch is trimmed to similar lengths: attention cost follows T^2.
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(ids), model.head.out_features), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            batch = torch.from_numpy(ids[rows, :width].astype(np.int64))
+            out[rows] = model(batch).float().numpy()
+    return out
+
+
+def baseline_predictions(train_texts: list[str], train_labels: np.ndarray,
+                         test_texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
+    """Labels predicted by TF-IDF (word 1..n-grams, sublinear tf) + logistic regression."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, cfg.baseline_ngram_max), sublinear_tf=True,
+                                 min_df=cfg.baseline_min_df)
+    try:
+        features = vectorizer.fit_transform(train_texts)
+    except ValueError as exc:  # min_df above every term's count, or above the row count
+        raise TextclfError(
+            f"evaluate: the TF-IDF baseline keeps no term ({exc}). Lower "
+            "evaluate.baseline_min_df in params.yaml."
+        ) from None
+    classifier = LogisticRegression(C=cfg.baseline_c, max_iter=2000)
+    with warnings.catch_warnings():
+        # A baseline a hair short of full convergence is still a fair reference point.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier.fit(features, train_labels)
+    return classifier.predict(vectorizer.transform(test_texts))
+
+
+def scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision/recall/F1 keyed by label name."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    labels = list(range(len(names)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        actual, predicted, labels=labels, zero_division=0)
+    return {
+        "accuracy": round(float(accuracy_score(actual, predicted)), 6),
+        "macro_f1": round(float(f1_score(actual, predicted, labels=labels, average="macro",
+                                         zero_division=0)), 6),
+        "per_class": {
+            name: {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6),
+                   "f1": round(float(f1[i]), 6)}
+            for i, name in enumerate(names)
+        },
+    }
+
+
+def _check_same_tokens(bundle: Bundle, vocab: dict, paths: Paths) -> None:
+    # test.npz holds compact ids: they mean the same tokens only under the model's own vocabulary.
+    same = (
+        vocab.get("raw_ids") == bundle.vocab_raw_ids.tolist()
+        and vocab.get("max_length") == bundle.tokenizer.max_length
+        and vocab.get("label_names") == bundle.label_names
+    )
+    if not same:
+        raise TextclfError(
+            f"evaluate: {paths.model} was trained on another tokenization than {paths.tokens} "
+            "(vocabulary, max_length or label names differ). Re-train it: `dvc repro train`."
+        )
+
+
+def _texts(path: Path, rows: np.ndarray) -> list[str]:
+    import pandas as pd
+
+    if not path.exists():
+        raise TextclfError(f"{path}: not found. Run `dvc repro validate` first.")
+    texts = pd.read_parquet(path, columns=["text"])["text"].to_numpy()
+    if len(rows) and int(rows.max()) >= len(texts):
+        raise TextclfError(
+            f"{path}: has {len(texts)} rows but data/tokens refers to row {int(rows.max())}. "
+            "The tokens are stale: run `dvc repro tokenize`."
+        )
+    return [str(t) for t in texts[rows]]
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _TEXT_CHARS else text[: _TEXT_CHARS - 1].rstrip() + "…"

@@ -1,0 +1,118 @@
+"""Stage `export`: models/model.pt -> models/model.onnx, one self-describing file.
+
+Reads  models/model.pt
+Writes models/model.onnx  (input `input_ids` int64 [batch, seq] raw tiktoken ids, right-padded
+                           with pad_id, seq <= max_length; output `logits` float32 [batch, K];
+                           metadata: label_names, encoding, max_length, pad_id, n_vocab,
+                           package_version)
+
+The graph is `Bundle.raw_id_model()`, so the compact-vocabulary map travels inside the file and
+a client needs only tiktoken and onnxruntime. It is exported with the torch.export-based
+("dynamo") exporter: on this model it gives a graph half the size of the TorchScript exporter's,
+with named symbolic dims (`batch`, `seq`) and no deprecated code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import torch
+
+import textclf
+from textclf.atomic import atomic_path
+from textclf.config import Params, Paths
+from textclf.errors import TextclfError
+from textclf.model import Bundle, load_bundle
+
+INPUT_NAME = "input_ids"
+OUTPUT_NAME = "logits"
+# onnx.save refuses a single protobuf above 2 GB; far beyond any model this project trains.
+_PROTOBUF_LIMIT = 2**31
+
+
+def run(params: Params, paths: Paths) -> dict[str, object]:
+    bundle = load_bundle(paths.model)
+    export_onnx(bundle, paths.onnx, params.export.opset)
+    return {"onnx": str(paths.onnx), "bytes": paths.onnx.stat().st_size,
+            "opset": params.export.opset}
+
+
+def export_onnx(bundle: Bundle, target: Path | str, opset: int) -> None:
+    """Export ``bundle`` to ``target`` atomically as one checked, self-contained ONNX file."""
+    proto = _to_onnx(bundle, opset)
+    for key, value in metadata(bundle).items():
+        proto.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise TextclfError(
+            f"export: the exported graph is not valid ONNX ({exc}). Try another export.opset "
+            "in params.yaml (17 or later) and re-run `dvc repro export`."
+        ) from None
+    if proto.ByteSize() >= _PROTOBUF_LIMIT:
+        raise TextclfError(
+            f"export: the model is {proto.ByteSize() / 2**30:.1f} GB, above the 2 GB a single "
+            "ONNX file can hold. Shrink it (model.d_model, tokenize.vocab_size) and re-train."
+        )
+    with atomic_path(target) as tmp:
+        # Weights stay inside the protobuf: one file, no `.data` sidecar to lose.
+        onnx.save_model(proto, tmp, save_as_external_data=False)
+
+
+def metadata(bundle: Bundle) -> dict[str, str]:
+    """The file's self-description; ONNX metadata values are strings, lists are JSON."""
+    tok = bundle.tokenizer
+    return {
+        "label_names": json.dumps(list(bundle.label_names)),
+        "encoding": tok.encoding,
+        "max_length": str(tok.max_length),
+        "pad_id": str(tok.pad_id),
+        "n_vocab": str(tok.n_vocab),
+        "package_version": textclf.__version__,
+    }
+
+
+def _to_onnx(bundle: Bundle, opset: int) -> onnx.ModelProto:
+    module = bundle.raw_id_model().eval()
+    max_length = bundle.tokenizer.max_length
+    # Batch 2 and seq >= 2: torch.export specialises any dim whose example size is 0 or 1.
+    example = torch.full((2, min(max_length, 8)), bundle.tokenizer.pad_id, dtype=torch.int64)
+    example[:, 0] = 0
+    dynamic = {INPUT_NAME: {0: torch.export.Dim("batch"),
+                            1: torch.export.Dim("seq", max=max_length)}}
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module, (example,), None,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic, opset_version=opset,
+                dynamo=True, external_data=False, optimize=True, verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many unrelated types; all mean the same
+        raise TextclfError(
+            f"export: torch.onnx.export failed with opset {opset}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Try export.opset 18 (the tested "
+            "value) and check that torch, onnx and onnxscript match constraints.txt."
+        ) from None
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The exporter logs a warning per missing optional torchvision op and torch.export emits
+    # FutureWarnings about its own internals: irrelevant here and noisy in every `dvc repro` log.
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)

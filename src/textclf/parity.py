@@ -1,0 +1,187 @@
+"""Stage `parity`: PyTorch and ONNX Runtime must agree before models/model.onnx ships.
+
+Reads  models/model.pt, models/model.onnx, data/validated/test.parquet,
+       data/tokens/{test.npz,vocab.json}
+Writes metrics/parity.json (only when parity holds; otherwise the stage fails with the figures)
+
+Both engines get the same raw-id batches, produced by the serving path (`predict.Predictor`:
+clean -> tiktoken -> truncate -> pad), over the whole test split plus edge cases (empty text, one
+token, exactly max_length tokens, far beyond it, non-Latin script). The serving ids are also
+compared with the tokens the model was evaluated on, to catch a train/serve tokenization skew.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from textclf.atomic import write_json
+from textclf.config import Params, ParityConfig, Paths
+from textclf.errors import TextclfError
+from textclf.model import Bundle, load_bundle
+from textclf.predict import Predictor
+from textclf.tokenization import compact_map, load_split, load_vocab
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    rows: int  # texts compared, edge cases included
+    edge_cases: int
+    max_abs_diff: float
+    argmax_agreement: float
+    torch_p50_ms: float
+    onnx_p50_ms: float
+    config: ParityConfig
+
+    @property
+    def passed(self) -> bool:
+        return (self.max_abs_diff <= self.config.max_abs_diff
+                and self.argmax_agreement >= self.config.min_argmax_agreement)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "edge_cases": self.edge_cases,
+            "max_abs_diff": self.max_abs_diff,
+            "argmax_agreement": round(self.argmax_agreement, 6),
+            "latency_ms": {"torch_p50": round(self.torch_p50_ms, 4),
+                           "onnx_p50": round(self.onnx_p50_ms, 4)},
+        }
+
+    def raise_if_failed(self, onnx_path: Path | str = "models/model.onnx") -> None:
+        if self.passed:
+            return
+        cfg = self.config
+        broken = []
+        if not self.max_abs_diff <= cfg.max_abs_diff:
+            broken.append(f"max_abs_diff {self.max_abs_diff:.3g} exceeds parity.max_abs_diff "
+                          f"{cfg.max_abs_diff:g}")
+        if self.argmax_agreement < cfg.min_argmax_agreement:
+            broken.append(f"argmax agreement {self.argmax_agreement:.4%} is below "
+                          f"parity.min_argmax_agreement {cfg.min_argmax_agreement:.4%}")
+        raise TextclfError(
+            f"parity: ONNX Runtime and PyTorch disagree on {self.rows} inputs (test split + "
+            f"{self.edge_cases} edge cases): {'; '.join(broken)}. Most likely {onnx_path} does "
+            "not come from this models/model.pt (stale or edited): re-export it with "
+            "`dvc repro export`. If a fresh export still fails, the exporter mistranslated an "
+            "op: try another export.opset; raise parity.max_abs_diff only if the gap is float "
+            "rounding (well below 1e-3)."
+        )
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    import pandas as pd
+
+    bundle = load_bundle(paths.model)
+    test_path = paths.validated / "test.parquet"
+    if not test_path.exists():
+        raise TextclfError(f"{test_path}: not found. Run `dvc repro validate` first.")
+    all_texts = pd.read_parquet(test_path, columns=["text"])["text"].astype(str).tolist()
+    tokens = load_split(paths.tokens, "test")
+    texts = [all_texts[i] for i in tokens["rows"]]
+
+    report = check_parity(bundle, paths.onnx, texts, params.parity)
+    report.raise_if_failed(paths.onnx)
+    predictor = Predictor(paths.onnx)
+    skew = tokenization_skew(predictor, texts, tokens["ids"], load_vocab(paths.tokens),
+                             params.parity.batch_size)
+    metrics = {**report.metrics(), "serving_token_mismatch_rows": skew}
+    write_json(paths.metrics / "parity.json", metrics)
+    return metrics
+
+
+def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
+                 cfg: ParityConfig) -> ParityReport:
+    """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` plus the edge cases."""
+    predictor = Predictor(onnx_path, providers=["CPUExecutionProvider"])
+    _check_same_model(bundle, predictor, onnx_path)
+    model = bundle.raw_id_model().float().eval()
+    edges = edge_cases(predictor)
+    inputs = [*texts, *edges]
+
+    max_diff, agree = 0.0, 0
+    for start in range(0, len(inputs), cfg.batch_size):
+        ids = predictor.encode(inputs[start:start + cfg.batch_size])
+        expected = _torch_logits(model, ids)
+        got = predictor.logits(ids)
+        diff = float(np.abs(expected - got).max())
+        # NaN must fail, and max() silently drops NaN.
+        max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
+        agree += int((expected.argmax(1) == got.argmax(1)).sum())
+
+    torch_ms, onnx_ms = _latencies(model, predictor, inputs, cfg.latency_runs)
+    return ParityReport(
+        rows=len(inputs), edge_cases=len(edges), max_abs_diff=max_diff,
+        argmax_agreement=agree / len(inputs), torch_p50_ms=statistics.median(torch_ms),
+        onnx_p50_ms=statistics.median(onnx_ms), config=cfg,
+    )
+
+
+def edge_cases(predictor: Predictor) -> list[str]:
+    """Empty, one token, exactly max_length tokens, 4x max_length, non-Latin script."""
+    n = predictor.max_length
+    # " the" is one cl100k/o200k token per word; the length is checked, not assumed.
+    exact = "the" + " the" * (n - 1)
+    if len(predictor.encode([exact])[0]) != n:
+        exact = " ".join(["news"] * (2 * n))
+    return ["", "the", exact, " ".join(["markets", "rally", "after", "election"] * n),
+            "株価が上昇 — Économie: l\u2019euro grimpe 📈"]
+
+
+def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.ndarray,
+                      vocab: dict, batch_size: int) -> int:
+    """Rows whose serving-path compact ids differ from the tokenize stage's (0 = no skew)."""
+    table = compact_map(np.asarray(vocab["raw_ids"], dtype=np.int64), vocab["n_vocab"],
+                        vocab["pad_id"])
+    mismatched = 0
+    for start in range(0, len(texts), batch_size):
+        raw = predictor.encode(texts[start:start + batch_size])
+        serving = np.zeros((len(raw), token_ids.shape[1]), dtype=np.int64)
+        serving[:, : raw.shape[1]] = table[raw]
+        stored = token_ids[start:start + batch_size]
+        mismatched += int((serving != stored).any(axis=1).sum())
+    return mismatched
+
+
+def _check_same_model(bundle: Bundle, predictor: Predictor, onnx_path: Path | str) -> None:
+    tok = bundle.tokenizer
+    ours = (bundle.label_names, tok.encoding, tok.max_length, tok.pad_id)
+    theirs = (predictor.label_names, predictor.encoding_name, predictor.max_length,
+              predictor.pad_id)
+    if ours != theirs:
+        raise TextclfError(
+            f"parity: {onnx_path} describes another model (labels, encoding, max_length, pad_id "
+            f"= {theirs}; models/model.pt has {ours}). Re-export it with `dvc repro export`."
+        )
+
+
+def _torch_logits(model: torch.nn.Module, ids: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(ids)).numpy()
+
+
+def _latencies(model: torch.nn.Module, predictor: Predictor, texts: Sequence[str],
+               runs: int) -> tuple[list[float], list[float]]:
+    # Batch 1, the same texts for both engines. One engine after the other, not interleaved:
+    # each one's worker threads keep spinning briefly after a call, and interleaving made torch
+    # look 100x slower on a 2-core machine while ORT's threads held both cores.
+    singles = [predictor.encode([texts[i % len(texts)]]) for i in range(runs)]
+    return (_timed(lambda ids: _torch_logits(model, ids), singles),
+            _timed(predictor.logits, singles))
+
+
+def _timed(call: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray]) -> list[float]:
+    call(inputs[0])  # warm-up: the first call allocates and plans
+    ms = []
+    for ids in inputs:
+        start = time.perf_counter()
+        call(ids)
+        ms.append((time.perf_counter() - start) * 1e3)
+    return ms

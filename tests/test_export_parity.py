@@ -1,0 +1,170 @@
+"""`export` and `parity`: a checked, self-describing ONNX file that matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from onnx import numpy_helper
+
+import textclf
+from tests.conftest import LABEL_NAMES, tiny_params
+from textclf import parity
+from textclf.config import Paths
+from textclf.errors import TextclfError
+from textclf.export import export_onnx
+from textclf.model import load_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_project: Paths):
+    return load_bundle(tiny_model_project.model)
+
+
+@pytest.fixture(scope="module")
+def session(tiny_onnx: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def test_texts(tiny_model_project: Paths) -> list[str]:
+    return pd.read_parquet(tiny_model_project.validated / "test.parquet")["text"].tolist()
+
+
+def test_export_is_valid_self_contained_and_self_describing(tiny_onnx: Path, bundle) -> None:
+    model = onnx.load(tiny_onnx)
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["label_names"]) == LABEL_NAMES
+    assert meta["encoding"] == "cl100k_base"
+    assert int(meta["max_length"]) == bundle.tokenizer.max_length
+    assert int(meta["pad_id"]) == bundle.tokenizer.pad_id == 100257
+    assert int(meta["n_vocab"]) == bundle.tokenizer.n_vocab
+    assert meta["package_version"] == textclf.__version__
+
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "input_ids" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "seq"]
+    assert out.name == "logits" and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    out_dims = out.type.tensor_type.shape.dim
+    assert out_dims[0].dim_param == "batch" and out_dims[1].dim_value == len(LABEL_NAMES)
+
+    # One file: no weight lives outside it, and nothing else was left beside it.
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
+    assert sorted(os.listdir(tiny_onnx.parent)) == ["model.onnx", "model.pt"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("seq", [1, 7, 48])
+def test_onnx_matches_torch_for_any_batch_and_length(bundle, session, batch: int,
+                                                     seq: int) -> None:
+    rng = np.random.default_rng(batch * 100 + seq)
+    vocab = bundle.vocab_raw_ids.numpy()
+    ids = rng.choice(vocab, size=(batch, seq))
+    pad = bundle.tokenizer.pad_id
+    ids[0, seq // 2 + 1:] = pad  # a right-padded row
+    ids[-1, :] = pad  # an all-padding row (empty text)
+    ids[:, 0] = -5  # outside the tokenizer's range: must map to "unknown", not crash
+    if seq > 2:
+        ids[:, 1] = bundle.tokenizer.n_vocab + 10
+        ids[:, 2] = rng.integers(0, pad, size=batch)  # in range, mostly absent from the vocab
+    with torch.inference_mode():
+        expected = bundle.raw_id_model()(torch.from_numpy(ids)).numpy()
+    (got,) = session.run(None, {"input_ids": ids})
+    assert got.shape == (batch, len(LABEL_NAMES)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_export_replaces_the_file_and_leaves_nothing_else(bundle, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the exporter must not drop reports or sidecars in the cwd either
+    target = tmp_path / "out" / "model.onnx"
+    target.parent.mkdir()
+    target.write_text("an older export")
+    export_onnx(bundle, target, opset=18)
+    onnx.checker.check_model(onnx.load(target))
+    assert os.listdir(target.parent) == ["model.onnx"]
+    assert os.listdir(cwd) == []
+
+
+def test_parity_passes_on_a_fresh_export(bundle, tiny_onnx: Path, test_texts: list[str]) -> None:
+    cfg = tiny_params().parity
+    report = parity.check_parity(bundle, tiny_onnx, test_texts, cfg)
+    assert report.passed
+    report.raise_if_failed()
+    assert report.rows == len(test_texts) + report.edge_cases and report.edge_cases == 5
+    assert report.max_abs_diff < 1e-4 and report.argmax_agreement == 1.0
+    assert report.torch_p50_ms > 0 and report.onnx_p50_ms > 0
+
+
+def test_edge_cases_cover_empty_one_token_and_the_length_limits(tiny_onnx: Path) -> None:
+    from textclf.predict import Predictor
+
+    predictor = Predictor(tiny_onnx)
+    empty, one, exact, beyond, _ = parity.edge_cases(predictor)
+    lengths = [len(predictor.encoding.encode_ordinary(t)) for t in (empty, one, exact, beyond)]
+    assert lengths[:3] == [0, 1, predictor.max_length]
+    assert lengths[3] > 3 * predictor.max_length
+
+
+def test_parity_stage_writes_metrics_and_finds_no_tokenization_skew(
+        tiny_model_project: Paths, tiny_onnx: Path) -> None:
+    metrics = parity.run(tiny_params(), tiny_model_project)
+    written = json.loads((tiny_model_project.metrics / "parity.json").read_text())
+    assert written == metrics
+    assert written["max_abs_diff"] < 1e-4 and written["argmax_agreement"] == 1.0
+    assert written["serving_token_mismatch_rows"] == 0
+    assert set(written["latency_ms"]) == {"torch_p50", "onnx_p50"}
+
+
+def _project_with_onnx(source: Paths, root: Path, model: onnx.ModelProto) -> Paths:
+    """A project sharing ``source``'s data and model.pt, with ``model`` as its model.onnx."""
+    paths = Paths(root)
+    for name in ("data", "models"):
+        (root / name).mkdir(parents=True)
+    for link in (paths.validated, paths.tokens, paths.model):
+        link.symlink_to(source.root / link.relative_to(root))
+    onnx.save(model, paths.onnx)
+    return paths
+
+
+def test_a_perturbed_onnx_weight_fails_parity_and_writes_no_metrics(
+        tiny_model_project: Paths, tiny_onnx: Path, bundle, tmp_path: Path) -> None:
+    model = onnx.load(tiny_onnx)
+    head = next(t for t in model.graph.initializer if "head.weight" in t.name)
+    weights = numpy_helper.to_array(head).copy()
+    weights[0] += 0.05
+    head.CopyFrom(numpy_helper.from_array(weights, head.name))
+    paths = _project_with_onnx(tiny_model_project, tmp_path / "project", model)
+
+    report = parity.check_parity(bundle, paths.onnx, ["markets rally"], tiny_params().parity)
+    assert not report.passed and report.max_abs_diff > 1e-3
+    with pytest.raises(TextclfError, match=r"max_abs_diff .* exceeds parity\.max_abs_diff"):
+        parity.run(tiny_params(), paths)
+    assert not (paths.metrics / "parity.json").exists()
+
+
+def test_an_onnx_file_of_another_model_is_named_as_such(
+        tiny_model_project: Paths, tiny_onnx: Path, bundle, tmp_path: Path) -> None:
+    model = onnx.load(tiny_onnx)
+    for prop in model.metadata_props:
+        if prop.key == "label_names":
+            prop.value = json.dumps(list(reversed(LABEL_NAMES)))
+    paths = _project_with_onnx(tiny_model_project, tmp_path / "project", model)
+    with pytest.raises(TextclfError, match="describes another model"):
+        parity.check_parity(bundle, paths.onnx, ["x"], tiny_params().parity)
+
+
+def test_missing_onnx_names_the_fix(bundle, tmp_path: Path) -> None:
+    with pytest.raises(TextclfError, match=re.escape("dvc pull models/model.onnx")):
+        parity.check_parity(bundle, tmp_path / "nope.onnx", ["x"], tiny_params().parity)
