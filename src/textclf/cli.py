@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -33,19 +34,25 @@ def _fail(exc: TextclfError) -> None:
     raise typer.Exit(code=1)
 
 
-def _run_stage(module_name: str, params_path: Path) -> None:
+# `tokenize` lives in tokenization.py: a module named tokenize.py would shadow the stdlib's.
+_MODULES = {"tokenize": "tokenization"}
+
+
+def _run_stage(stage: str, params_path: Path) -> None:
     # Analytics are off for every tool this project drives (no network here, and no surprise
     # traffic for users); respected if a user has set them otherwise.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    started = time.perf_counter()
     try:
         params = load_params(params_path)
-        module = importlib.import_module(f"textclf.{module_name}")
+        module = importlib.import_module(f"textclf.{_MODULES.get(stage, stage)}")
         summary = module.run(params, Paths())
     except TextclfError as exc:
         _fail(exc)
     if summary:
         typer.echo(json.dumps(summary, sort_keys=True))
+    typer.echo(f"textclf {stage}: done in {time.perf_counter() - started:.1f} s", err=True)
 
 
 @app.command()
@@ -63,7 +70,7 @@ def validate(params: Path = PARAMS) -> None:
 @app.command()
 def tokenize(params: Path = PARAMS) -> None:
     """Encode with tiktoken, split train/val, pad, build the compact vocabulary -> data/tokens/."""
-    _run_stage("tokenization", params)
+    _run_stage("tokenize", params)
 
 
 @app.command()
