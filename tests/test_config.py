@@ -44,6 +44,13 @@ def test_unknown_and_missing_keys() -> None:
         params_from_dict(raw)
 
 
+def test_exponent_without_dot_is_a_number() -> None:
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; users and `dvc exp run -S` mean 0.0001.
+    raw = yaml.safe_load("train: {lr: 1e-4, weight_decay: 5E-2}")
+    params = params_from_dict(params_dict(train=raw["train"]))
+    assert params.train.lr == 1e-4 and params.train.weight_decay == 0.05
+
+
 def test_configs_are_frozen() -> None:
     params = params_from_dict(params_dict())
     with pytest.raises(AttributeError):

@@ -72,13 +72,21 @@ def test_baseline_fits_on_the_training_rows_only(tiny_model_project: Paths, tmp_
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     paths = _copy_project(tiny_model_project, tmp_path)
     seen = {}
-    real = evaluate.baseline_predictions
+    real = evaluate.fit_baseline
 
-    def spy(train_texts, train_labels, test_texts, cfg):
-        seen.update(train=list(train_texts), test=list(test_texts))
-        return real(train_texts, train_labels, test_texts, cfg)
+    def spy(train_texts, train_labels, cfg):
+        seen.update(train=list(train_texts))
+        fitted = real(train_texts, train_labels, cfg)
+        predict = fitted.predict
 
-    monkeypatch.setattr(evaluate, "baseline_predictions", spy)
+        def spy_predict(test_texts):
+            seen.update(test=list(test_texts))
+            return predict(test_texts)
+
+        fitted.predict = spy_predict
+        return fitted
+
+    monkeypatch.setattr(evaluate, "fit_baseline", spy)
     evaluate.run(tiny_params(), paths)
     train_rows = load_split(paths.tokens, "train")["rows"]
     val_rows = load_split(paths.tokens, "val")["rows"]
@@ -111,6 +119,6 @@ def test_a_model_from_another_tokenization_is_refused(tiny_model_project: Paths,
 def test_a_baseline_without_features_names_the_param(tiny_model_project: Paths,
                                                      tmp_path: Path) -> None:
     paths = _copy_project(tiny_model_project, tmp_path)
-    params = tiny_params(evaluate={"baseline_min_df": 10_000})
-    with pytest.raises(TextclfError, match="baseline_min_df"):
+    params = tiny_params(baseline={"min_df": 10_000})
+    with pytest.raises(TextclfError, match=r"baseline\.min_df"):
         evaluate.run(params, paths)

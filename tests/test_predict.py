@@ -50,6 +50,15 @@ def test_a_prediction_does_not_depend_on_its_batch(predictor: Predictor) -> None
     assert predictor.encode([long_text]).shape == (1, predictor.max_length)
 
 
+def test_length_sorted_chunks_keep_input_order(predictor: Predictor) -> None:
+    # More texts than one sorted chunk, lengths shuffled: results must come back in input order.
+    texts = [" ".join([SPORTS if i % 2 else BUSINESS] * (1 + (i * 7) % 5)) for i in range(70)]
+    batched = predictor.predict(texts)
+    for text, result in zip(texts[::9], batched[::9], strict=True):
+        assert result["probabilities"] == pytest.approx(
+            predictor.predict([text])[0]["probabilities"], abs=1e-5)
+
+
 def test_cli_scores_arguments_in_order(tiny_onnx: Path) -> None:
     result = CliRunner().invoke(app, ["predict", "-m", str(tiny_onnx), SPORTS, BUSINESS])
     assert result.exit_code == 0, result.output
@@ -131,3 +140,17 @@ def test_predicting_never_imports_torch(tiny_onnx: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "NO TORCH"
     assert json.loads(done.stdout.splitlines()[0])["label"] in LABEL_NAMES
+
+
+def test_lowercase_models_fold_case_at_serving_time(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(tiny_onnx)
+    for prop in model.metadata_props:
+        if prop.key == "lowercase":
+            prop.value = "true"
+    folded = tmp_path / "lower.onnx"
+    onnx.save(model, folded)
+    lower = Predictor(folded)
+    assert lower.lowercase and not Predictor(tiny_onnx).lowercase
+    assert (lower.encode(["OIL Prices RISE"]) == lower.encode(["oil prices rise"])).all()

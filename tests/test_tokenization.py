@@ -103,3 +103,30 @@ def test_missing_input_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(TextclfError, match=r"validated/train.parquet: not found.*dvc repro"):
         tokenization.run(small_params(), Paths(tmp_path))
     assert not (tmp_path / "data" / "tokens").exists()
+
+
+def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
+    root, _, _ = tokenized
+    train = tokenization.load_split(root / "data" / "tokens", "train")
+    teacher = train["teacher"]
+    assert teacher.shape == (len(train["labels"]), len(LABEL_NAMES))
+    np.testing.assert_allclose(teacher.sum(1), 1.0, atol=1e-5)
+    # The synthetic topics are easy: a held-out TF-IDF teacher gets most rows right.
+    assert (teacher.argmax(1) == train["labels"]).mean() > 0.8
+    assert "teacher" not in tokenization.load_split(root / "data" / "tokens", "val")
+
+
+def test_teacher_can_be_turned_off(tmp_path, corpus_dir) -> None:
+    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    tokenization.run(small_params(tokenize={"teacher_folds": 0}), Paths(tmp_path))
+    assert "teacher" not in tokenization.load_split(tmp_path / "data" / "tokens", "train")
+
+
+def test_lowercase_vocabulary_has_no_capitals(tmp_path, corpus_dir) -> None:
+    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    tokenization.run(small_params(tokenize={"lowercase": True}), Paths(tmp_path))
+    vocab = tokenization.load_vocab(tmp_path / "data" / "tokens")
+    assert vocab["lowercase"] is True
+    enc = load_encoding("cl100k_base")
+    pieces = b"".join(enc.decode_single_token_bytes(i) for i in vocab["raw_ids"])
+    assert pieces == pieces.lower()  # the corpus's capitalised titles were folded

@@ -122,6 +122,37 @@ def test_precision_choice() -> None:
             train.resolve_precision(small_params(train={"device": "cuda"}).train)
 
 
+def test_distillation_needs_teacher_labels(tokens_root, tmp_path) -> None:
+    summary = _train(tokens_root, train={"epochs": 1, "distill_weight": 0.5,
+                                         "token_dropout": 0.1})
+    assert summary["best_val_acc"] > 0.25
+    split = dict(np.load(tokens_root / "data" / "tokens" / "train.npz"))
+    del split["teacher"]
+    np.savez(tokens_root / "data" / "tokens" / "train.npz", **split)
+    with pytest.raises(TextclfError, match=r"tokenize\.teacher_folds"):
+        _train(tokens_root, train={"epochs": 1, "distill_weight": 0.5})
+
+
+def test_distillation_loss_pulls_towards_the_teacher() -> None:
+    cfg = small_params(train={"distill_weight": 1.0, "distill_temperature": 1.0,
+                              "label_smoothing": 0.0}).train
+    labels = torch.tensor([0])
+    teacher = torch.tensor([[0.1, 0.9, 0.0, 0.0]])
+    near = train.classification_loss(torch.tensor([[0.0, 2.2, -5.0, -5.0]]), labels, cfg, teacher)
+    far = train.classification_loss(torch.tensor([[5.0, 0.0, 0.0, 0.0]]), labels, cfg, teacher)
+    assert near < far  # the true label is 0, but a pure distillation loss follows the teacher
+
+
+def test_token_dropout_keeps_padding_and_rate() -> None:
+    ids = torch.randint(2, 100, (64, 50))
+    ids[:, 40:] = 0
+    dropped = train.drop_tokens(ids, 0.2)
+    assert (dropped[:, 40:] == 0).all()
+    share = (dropped[:, :40] == 1).float().mean().item()
+    assert 0.15 < share < 0.25
+    assert torch.equal(train.drop_tokens(ids, 0.0), ids)
+
+
 def test_bf16_autocast_trains(tokens_root) -> None:
     summary = _train(tokens_root, train={"precision": "bf16", "epochs": 1})
     assert summary["best_val_acc"] > 0.25

@@ -153,6 +153,8 @@ BAD_TRAIN = {
                          ["line 10", "header"]),
     "header_first": (insert_line(1, b'"Class Index","Title","Description"'),
                      ["line 1", "header"]),
+    "wrong_delimiter": (lambda data: data.replace(b'","', b'";"'),
+                        ["line 1", "separated by ';'", "delimiter"]),
 }
 
 

@@ -1,4 +1,4 @@
-"""`textclf`: one command per pipeline stage, plus `predict`.
+"""`textclf`: one command per pipeline stage, plus `predict` and `report`.
 
 Thin on purpose: load params.yaml once, call the stage's ``run(params, paths)``, and turn a
 ``TextclfError`` into its message on stderr and exit status 1. Stage modules are imported only
@@ -113,6 +113,21 @@ def predict(
         _fail(exc)
     sys.stdout.flush()
     raise typer.Exit(code=code)
+
+
+@app.command()
+def report(
+    rev: str = typer.Option("main", "--rev", help="Git revision to compare the workspace with."),
+    output: Path = typer.Option(None, "--output", "-o", help="Also write the markdown here."),
+) -> None:
+    """Print the pull-request report: metrics, params and plots diffs against --rev (markdown)."""
+    from textclf import report as report_module
+
+    try:
+        text = report_module.run(rev, output=output)
+    except TextclfError as exc:
+        _fail(exc)
+    typer.echo(text, nl=False)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ or out-of-range value raises one ``TextclfError`` naming the key and the accepte
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ class TokenizeConfig:
     vocab_size: int = 0
     # Ids seen fewer times than this in the training split map to the unknown row.
     min_freq: int = 1
+    # Lower-case text before encoding: "Oil" and "oil" share an id, a smaller vocabulary that
+    # generalises better on small corpora (serving applies the same, from the ONNX metadata).
+    lowercase: bool = False
+    # Out-of-fold TF-IDF teacher probabilities for every training row (the distillation
+    # targets of train.distill_weight); 0 skips the teacher.
+    teacher_folds: int = 5
 
     def check(self, section: str) -> None:
         _check(self.max_length >= 2, f"{section}.max_length", ">= 2", self.max_length)
@@ -99,6 +106,8 @@ class TokenizeConfig:
                self.val_fraction)
         _check(self.vocab_size >= 0, f"{section}.vocab_size", ">= 0", self.vocab_size)
         _check(self.min_freq >= 1, f"{section}.min_freq", ">= 1", self.min_freq)
+        _check(self.teacher_folds == 0 or self.teacher_folds >= 2, f"{section}.teacher_folds",
+               "0 (off) or >= 2", self.teacher_folds)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,12 @@ class TrainConfig:
     seed: int = 42
     # CPU threads for torch (0 = leave torch's default).
     num_threads: int = 0
+    # Share of real tokens replaced by the unknown row during training: the model cannot lean
+    # on any single rare token (the strongest regulariser for small corpora here).
+    token_dropout: float = 0.0
+    # Share of the loss from matching the TF-IDF teacher's soft labels (0 = plain labels).
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     def check(self, section: str) -> None:
         _check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
@@ -150,25 +165,36 @@ class TrainConfig:
         _check(self.grad_clip >= 0, f"{section}.grad_clip", ">= 0 (0 disables)", self.grad_clip)
         _check(self.patience >= 0, f"{section}.patience", ">= 0", self.patience)
         _check(self.num_threads >= 0, f"{section}.num_threads", ">= 0", self.num_threads)
+        _check(0 <= self.token_dropout < 1, f"{section}.token_dropout", "in [0, 1)",
+               self.token_dropout)
+        _check(0 <= self.distill_weight <= 1, f"{section}.distill_weight", "in [0, 1]",
+               self.distill_weight)
+        _check(self.distill_temperature > 0, f"{section}.distill_temperature", "> 0",
+               self.distill_temperature)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """TF-IDF + logistic regression: evaluate's reference model and tokenize's teacher."""
+
+    ngram_max: int = 2
+    min_df: int = 2
+    c: float = 10.0
+
+    def check(self, section: str) -> None:
+        _check(self.ngram_max >= 1, f"{section}.ngram_max", ">= 1", self.ngram_max)
+        _check(self.min_df >= 1, f"{section}.min_df", ">= 1", self.min_df)
+        _check(self.c > 0, f"{section}.c", "> 0", self.c)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 256
-    # TF-IDF + logistic-regression baseline, fitted on the same training split.
-    baseline_ngram_max: int = 2
-    baseline_min_df: int = 2
-    baseline_c: float = 10.0
     # Rows in metrics/eval/misclassified.csv (most confident mistakes first).
     n_misclassified: int = 25
 
     def check(self, section: str) -> None:
         _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
-        _check(self.baseline_ngram_max >= 1, f"{section}.baseline_ngram_max", ">= 1",
-               self.baseline_ngram_max)
-        _check(self.baseline_min_df >= 1, f"{section}.baseline_min_df", ">= 1",
-               self.baseline_min_df)
-        _check(self.baseline_c > 0, f"{section}.baseline_c", "> 0", self.baseline_c)
         _check(self.n_misclassified >= 0, f"{section}.n_misclassified", ">= 0",
                self.n_misclassified)
 
@@ -201,6 +227,7 @@ class Params:
     fetch: FetchConfig
     validate: ValidateConfig
     tokenize: TokenizeConfig
+    baseline: BaselineConfig
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
@@ -277,12 +304,19 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     elif hint is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
     elif hint is float:
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            # PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string; YAML 1.2, DVC's
+            # `-S train.lr=1e-4` and every user mean the number.
+            value = float(value)
         _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
                value)
         return float(value)
     elif hint is str:
         _check(isinstance(value, str), key, "a string", value)
     return value
+
+
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _is_sha256(value: str) -> bool:

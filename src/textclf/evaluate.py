@@ -13,7 +13,6 @@ trained on (not the validation rows), so the delta measures the model, not the d
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 
 from textclf.atomic import atomic_path, write_json, write_text
-from textclf.config import EvaluateConfig, Params, Paths
+from textclf.baseline import fit as fit_baseline
+from textclf.config import Params, Paths
 from textclf.errors import TextclfError
 from textclf.model import Bundle, TextClassifier, load_bundle
 from textclf.tokenization import load_split, load_vocab
@@ -44,7 +44,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     logits = model_logits(bundle.model, test["ids"], test["lengths"], cfg.batch_size)
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     predicted = probs.argmax(axis=1)
-    baseline = baseline_predictions(train_texts, train["labels"], test_texts, cfg)
+    baseline = fit_baseline(train_texts, train["labels"], params.baseline).predict(test_texts)
 
     model_scores = scores(actual, predicted, names)
     base_scores = scores(actual, baseline, names)
@@ -94,30 +94,6 @@ def model_logits(model: TextClassifier, ids: np.ndarray, lengths: np.ndarray,
     return out
 
 
-def baseline_predictions(train_texts: list[str], train_labels: np.ndarray,
-                         test_texts: list[str], cfg: EvaluateConfig) -> np.ndarray:
-    """Labels predicted by TF-IDF (word 1..n-grams, sublinear tf) + logistic regression."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    vectorizer = TfidfVectorizer(ngram_range=(1, cfg.baseline_ngram_max), sublinear_tf=True,
-                                 min_df=cfg.baseline_min_df)
-    try:
-        features = vectorizer.fit_transform(train_texts)
-    except ValueError as exc:  # min_df above every term's count, or above the row count
-        raise TextclfError(
-            f"evaluate: the TF-IDF baseline keeps no term ({exc}). Lower "
-            "evaluate.baseline_min_df in params.yaml."
-        ) from None
-    classifier = LogisticRegression(C=cfg.baseline_c, max_iter=2000)
-    with warnings.catch_warnings():
-        # A baseline a hair short of full convergence is still a fair reference point.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        classifier.fit(features, train_labels)
-    return classifier.predict(vectorizer.transform(test_texts))
-
-
 def scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class precision/recall/F1 keyed by label name."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
@@ -143,6 +119,7 @@ def _check_same_tokens(bundle: Bundle, vocab: dict, paths: Paths) -> None:
         vocab.get("raw_ids") == bundle.vocab_raw_ids.tolist()
         and vocab.get("max_length") == bundle.tokenizer.max_length
         and vocab.get("label_names") == bundle.label_names
+        and vocab.get("lowercase", False) == bundle.tokenizer.lowercase
     )
     if not same:
         raise TextclfError(

@@ -74,6 +74,7 @@ def metadata(bundle: Bundle) -> dict[str, str]:
         "max_length": str(tok.max_length),
         "pad_id": str(tok.pad_id),
         "n_vocab": str(tok.n_vocab),
+        "lowercase": "true" if tok.lowercase else "false",
         "package_version": textclf.__version__,
     }
 

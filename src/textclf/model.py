@@ -140,6 +140,7 @@ class TokenizerInfo:
     max_length: int
     pad_id: int
     n_vocab: int
+    lowercase: bool = False
 
 
 @dataclass

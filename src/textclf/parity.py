@@ -152,13 +152,14 @@ def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.
 
 def _check_same_model(bundle: Bundle, predictor: Predictor, onnx_path: Path | str) -> None:
     tok = bundle.tokenizer
-    ours = (bundle.label_names, tok.encoding, tok.max_length, tok.pad_id)
+    ours = (bundle.label_names, tok.encoding, tok.max_length, tok.pad_id, tok.lowercase)
     theirs = (predictor.label_names, predictor.encoding_name, predictor.max_length,
-              predictor.pad_id)
+              predictor.pad_id, predictor.lowercase)
     if ours != theirs:
         raise TextclfError(
-            f"parity: {onnx_path} describes another model (labels, encoding, max_length, pad_id "
-            f"= {theirs}; models/model.pt has {ours}). Re-export it with `dvc repro export`."
+            f"parity: {onnx_path} describes another model (labels, encoding, max_length, pad_id, "
+            f"lowercase = {theirs}; models/model.pt has {ours}). Re-export it with "
+            "`dvc repro export`."
         )
 
 

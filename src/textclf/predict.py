@@ -2,7 +2,7 @@
 
 The ONNX file describes itself (label names, encoding, max length, pad id in its metadata), so
 this module needs numpy, tiktoken and onnxruntime only, and a serving image needs no torch.
-Text goes through the same cleaning (`text.clean_text`) and tokenization (`tokenization.encode`,
+Text goes through the same cleaning (`text.model_input`) and tokenization (`tokenization.encode`,
 `tokenization.pad`) as the training data; the parity stage checks this very path against torch.
 
 CLI contract (`run_cli`): one JSON line per input, in input order, streamed batch by batch:
@@ -28,18 +28,20 @@ import numpy as np
 import onnxruntime as ort
 
 from textclf.errors import TextclfError
-from textclf.text import clean_text
+from textclf.text import model_input
 from textclf.tokenization import encode, pad
 from textclf.tokenizer import load_encoding
 
 _REQUIRED_METADATA = ("label_names", "encoding", "max_length", "pad_id")
+_SORTED_CHUNK = 32  # texts per ORT call inside one predict(): little padding, few calls
 _MAKE_MODEL = "run `dvc repro`, or `dvc pull models/model.onnx`"
 
 
 class Predictor:
     """One ONNX Runtime session over a textclf ONNX file, plus the text -> ids path before it."""
 
-    def __init__(self, model_path: Path | str, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, model_path: Path | str, providers: Sequence[str] | None = None,
+                 options: ort.SessionOptions | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise TextclfError(f"{path}: model not found. To create it, {_MAKE_MODEL}.")
@@ -49,7 +51,8 @@ class Predictor:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                          if p in available]
         try:
-            self.session = ort.InferenceSession(str(path), providers=list(providers))
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=list(providers))
         except Exception as exc:  # ORT's pybind errors share no useful base class
             raise TextclfError(
                 f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]}). It may be "
@@ -73,15 +76,25 @@ class Predictor:
             ) from None
         self.path = path
         self.encoding_name = meta["encoding"]
+        self.lowercase = meta.get("lowercase", "false") == "true"
         self.encoding = load_encoding(self.encoding_name)
         self.input_name = self.session.get_inputs()[0].name
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Raw ids int64 [B, T]: cleaned, truncated to max_length, right-padded to the longest."""
-        return self._encode_clean([clean_text(t) for t in texts])
-
-    def _encode_clean(self, cleaned: Sequence[str]) -> np.ndarray:
+        cleaned = [model_input(t, self.lowercase) for t in texts]
         return pad(encode(self.encoding, cleaned, self.max_length), self.pad_id)
+
+    def _sorted_logits(self, cleaned: Sequence[str]) -> np.ndarray:
+        # Padding a whole batch to its longest text wastes most of the work (attention grows
+        # with length squared): run length-sorted chunks, each trimmed to its own longest text.
+        rows = encode(self.encoding, cleaned, self.max_length)
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        out = np.empty((len(rows), len(self.label_names)), dtype=np.float32)
+        for start in range(0, len(order), _SORTED_CHUNK):
+            chunk = order[start:start + _SORTED_CHUNK]
+            out[chunk] = self.logits(pad([rows[i] for i in chunk], self.pad_id))
+        return out
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 [B, K] for raw ids as ``encode`` returns them."""
@@ -91,8 +104,8 @@ class Predictor:
         """One {"label", "probabilities"} per text (plus "empty": True for empty cleaned text)."""
         if not texts:
             return []
-        cleaned = [clean_text(t) for t in texts]
-        probs = softmax(self.logits(self._encode_clean(cleaned)))
+        cleaned = [model_input(t, self.lowercase) for t in texts]
+        probs = softmax(self._sorted_logits(cleaned))
         out = []
         for text, row in zip(cleaned, probs, strict=True):
             record: dict[str, Any] = {

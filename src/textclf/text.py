@@ -34,6 +34,12 @@ def clean_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def model_input(text: str, lowercase: bool) -> str:
+    """What the tokenizer sees: cleaned text, lower-cased when the model was trained so."""
+    cleaned = clean_text(text)
+    return cleaned.lower() if lowercase else cleaned
+
+
 def join_title_description(title: str, description: str) -> str:
     """The model's input text: title and description, cleaned, joined by one space."""
     return clean_text(f"{title} {description}")

@@ -1,7 +1,8 @@
 """Stage `tokenize`: validated text -> padded compact-id arrays, labels, lengths and the vocabulary.
 
 Reads  data/validated/{train,test}.parquet, data/validated/labels.json
-Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels, rows)
+Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels, rows;
+                                         train also `teacher`: out-of-fold baseline probs)
        data/tokens/vocab.json            (encoding, max_length, pad_id, n_vocab, raw_ids, labels)
 
 The validation split is carved out of the training file here (stratified, seeded), so model
@@ -12,8 +13,8 @@ Encoding helpers here import numpy and tiktoken only, so `predict` can share the
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import numpy as np
 import tiktoken
 
 from textclf.atomic import atomic_dir
+from textclf.baseline import out_of_fold_probabilities
 from textclf.config import Params, Paths
 from textclf.errors import TextclfError
+from textclf.text import model_input
 from textclf.tokenizer import load_encoding, pad_id
 
 PAD_ROW, UNK_ROW = 0, 1  # mirrored in model.py, which this module must not import (torch)
@@ -31,22 +34,29 @@ SPLITS = ("train", "val", "test")
 
 def encode(encoding: tiktoken.Encoding, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Raw tiktoken ids per text, truncated to ``max_length``. Special tokens are plain text."""
-    threads = max(1, os.cpu_count() or 1)
-    ids = encoding.encode_ordinary_batch(list(texts), num_threads=threads)
-    return [row[:max_length] for row in ids]
+    # A plain loop: encode_ordinary_batch's thread pool costs more per text than it saves on
+    # short texts (measured 2-3x slower on AG News, see benchmarks/tokenize_speed.py).
+    encode_one = encoding.encode_ordinary
+    return [encode_one(text)[:max_length] for text in texts]
 
 
-def pad(rows: Sequence[Sequence[int]], pad_value: int, width: int | None = None) -> np.ndarray:
-    """Right-pad to ``width`` (default: the longest row, at least 1) -> int64 (N, width)."""
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+def pad(rows: Sequence[Sequence[int]], pad_value: int, width: int | None = None,
+        table: np.ndarray | None = None, dtype: type = np.int64) -> np.ndarray:
+    """Right-pad to ``width`` (default: the longest row, at least 1) -> (N, width) of ``dtype``.
+
+    With ``table``, every id is looked up in it first (raw -> compact ids): mapping the real
+    tokens only is several times cheaper than mapping the padded array.
+    """
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     if width is None:
         width = max(1, int(lengths.max(initial=0)))
-    out = np.full((len(rows), width), pad_value, dtype=np.int64)
-    if len(rows):
-        flat = np.fromiter((t for r in rows for t in r[:width]), dtype=np.int64)
-        clipped = np.minimum(lengths, width)
-        mask = np.arange(width)[None, :] < clipped[:, None]
-        out[mask] = flat
+    clipped = np.minimum(lengths, width)
+    flat = np.fromiter(itertools.chain.from_iterable(r[:width] for r in rows), dtype=np.int64,
+                       count=int(clipped.sum()))
+    if table is not None:
+        flat = table[flat]
+    out = np.full((len(rows), width), pad_value, dtype=dtype)
+    out[np.arange(width)[None, :] < clipped[:, None]] = flat
     return out
 
 
@@ -54,7 +64,7 @@ def build_vocab(train_ids: Sequence[Sequence[int]], n_vocab: int, size: int,
                 min_freq: int) -> np.ndarray:
     """Raw ids kept in the compact vocabulary, sorted ascending: seen >= min_freq times in the
     training split, and the ``size`` most frequent of those when size > 0 (ties: lower id)."""
-    flat = np.fromiter((t for r in train_ids for t in r), dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(train_ids), dtype=np.int64)
     counts = np.bincount(flat, minlength=n_vocab)
     kept = np.flatnonzero(counts >= min_freq)
     if size and len(kept) > size:
@@ -104,11 +114,19 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     split_rows = {"train": train_rows, "val": val_rows, "test": np.arange(len(frames["test"]))}
     split_source = {"train": "train", "val": "train", "test": "test"}
 
-    encoded = {name: encode(encoding, frame["text"].tolist(), cfg.max_length)
+    encoded = {name: encode(encoding, [model_input(t, cfg.lowercase) for t in frame["text"]],
+                            cfg.max_length)
                for name, frame in frames.items()}
     train_part = [encoded["train"][i] for i in train_rows]
     raw_ids = build_vocab(train_part, encoding.n_vocab, cfg.vocab_size, cfg.min_freq)
     table = compact_map(raw_ids, encoding.n_vocab, pad_raw)
+
+    teacher = None
+    if cfg.teacher_folds:
+        train_texts = frames["train"]["text"].to_numpy()[train_rows]
+        teacher = out_of_fold_probabilities(train_texts, train_labels[train_rows],
+                                            len(label_names), params.baseline,
+                                            cfg.teacher_folds, cfg.seed)
 
     summary: dict[str, int] = {"vocab_rows": len(raw_ids) + 2}
     with atomic_dir(paths.tokens) as out:
@@ -116,19 +134,22 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
             source: pd.DataFrame = frames[split_source[split]]
             rows = split_rows[split]
             seqs = [encoded[split_source[split]][i] for i in rows]
-            ids = table[pad(seqs, pad_raw, width=cfg.max_length)].astype(np.int32)
-            np.savez(
-                out / f"{split}.npz",
-                ids=ids,
-                lengths=np.array([len(s) for s in seqs], dtype=np.int32),
-                labels=source["label"].to_numpy(np.int64)[rows],
-                rows=rows.astype(np.int64),
-            )
+            ids = pad(seqs, PAD_ROW, width=cfg.max_length, table=table, dtype=np.int32)
+            arrays = {
+                "ids": ids,
+                "lengths": np.array([len(s) for s in seqs], dtype=np.int32),
+                "labels": source["label"].to_numpy(np.int64)[rows],
+                "rows": rows.astype(np.int64),
+            }
+            if split == "train" and teacher is not None:
+                arrays["teacher"] = teacher
+            np.savez(out / f"{split}.npz", **arrays)
             summary[f"{split}_rows"] = len(rows)
         vocab = {
             "encoding": cfg.encoding,
             "max_length": cfg.max_length,
             "pad_id": pad_raw,
+            "lowercase": cfg.lowercase,
             "n_vocab": encoding.n_vocab,
             "label_names": label_names,
             "raw_ids": raw_ids.tolist(),

@@ -27,7 +27,14 @@ from textclf import __version__
 from textclf.atomic import atomic_path
 from textclf.config import Params, Paths, TrainConfig
 from textclf.errors import TextclfError
-from textclf.model import Bundle, TextClassifier, TokenizerInfo, safe_torch_load, save_bundle
+from textclf.model import (
+    UNK_ROW,
+    Bundle,
+    TextClassifier,
+    TokenizerInfo,
+    safe_torch_load,
+    save_bundle,
+)
 from textclf.tokenization import load_split, load_vocab
 
 BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
@@ -173,20 +180,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         batches = bucketed_batches(train_split["lengths"], cfg.batch_size, generator)
         model.train()
         seen, loss_sum, started = 0, 0.0, time.perf_counter()
-        for ids, labels in _progress(batches, train_split, precision, epoch, cfg.epochs):
-            with precision.autocast():
-                logits = model(ids)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+        for index in _progress(batches, epoch, cfg.epochs):
+            ids, labels = trimmed(train_split, index, precision.device)
+            ids = drop_tokens(ids, cfg.token_dropout)
+            teacher = soft_labels(train_split, index, precision.device, cfg)
+            loss = train_step(model, ids, labels, optimizer, scaler, precision, cfg, teacher)
             scheduler.step()
             seen += len(labels)
-            loss_sum += loss.item() * len(labels)
+            loss_sum += loss * len(labels)
         elapsed = time.perf_counter() - started
         val = evaluate_split(model, val_split, cfg.batch_size * 4, precision,
                              cfg.label_smoothing)
@@ -214,7 +215,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         vocab_raw_ids=torch.tensor(vocab["raw_ids"], dtype=torch.int64),
         label_names=vocab["label_names"],
         tokenizer=TokenizerInfo(encoding=vocab["encoding"], max_length=vocab["max_length"],
-                                pad_id=vocab["pad_id"], n_vocab=vocab["n_vocab"]),
+                                pad_id=vocab["pad_id"], n_vocab=vocab["n_vocab"],
+                                lowercase=vocab.get("lowercase", False)),
         train_config={"train": dataclasses.asdict(cfg),
                       "model": dataclasses.asdict(params.model),
                       "best_epoch": best.get("epoch"), "fingerprint": state.fingerprint},
@@ -224,8 +226,59 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "epochs_run": len(state.history), "resumed": resumed}
 
 
-def _progress(batches: list[np.ndarray], split: dict[str, np.ndarray], precision: Precision,
-              epoch: int, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_step(model: TextClassifier, ids: torch.Tensor, labels: torch.Tensor,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               precision: Precision, cfg: TrainConfig,
+               teacher: torch.Tensor | None = None) -> float:
+    """One optimisation step under the configured precision; returns the batch loss."""
+    with precision.autocast():
+        logits = model(ids)
+    loss = classification_loss(logits.float(), labels, cfg, teacher)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
+def drop_tokens(ids: torch.Tensor, rate: float) -> torch.Tensor:
+    """Replace a ``rate`` share of real tokens by the unknown row (padding stays padding)."""
+    if rate == 0:
+        return ids
+    drop = (torch.rand(ids.shape, device=ids.device) < rate) & (ids > UNK_ROW)
+    return ids.masked_fill(drop, UNK_ROW)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                        teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """Label-smoothed cross-entropy, blended with distillation from the teacher's soft labels."""
+    hard = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    if teacher is None or cfg.distill_weight == 0:
+        return hard
+    t = cfg.distill_temperature
+    targets = torch.softmax(teacher.clamp_min(1e-8).log() / t, dim=-1)
+    # t^2 keeps the soft term's gradient scale independent of the temperature (Hinton et al.).
+    soft = F.kl_div(F.log_softmax(logits / t, dim=-1), targets, reduction="batchmean") * t * t
+    return (1 - cfg.distill_weight) * hard + cfg.distill_weight * soft
+
+
+def soft_labels(split: dict[str, np.ndarray], index: np.ndarray, device: torch.device,
+                cfg: TrainConfig) -> torch.Tensor | None:
+    if cfg.distill_weight == 0:
+        return None
+    if "teacher" not in split:
+        raise TextclfError(
+            "train.distill_weight > 0 but data/tokens/train.npz holds no teacher soft labels. "
+            "Set tokenize.teacher_folds >= 2 (and re-run `dvc repro`), or set "
+            "train.distill_weight to 0."
+        )
+    return torch.from_numpy(split["teacher"][index]).to(device)
+
+
+def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
     # A live bar on a terminal; logs (CI, dvc repro > file) get the per-epoch line instead.
@@ -233,7 +286,7 @@ def _progress(batches: list[np.ndarray], split: dict[str, np.ndarray], precision
                dynamic_ncols=True, disable=None)
     seen, started = 0, time.perf_counter()
     for index in bar:
-        yield trimmed(split, index, precision.device)
+        yield index
         seen += len(index)
         bar.set_postfix(samples_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
 

@@ -144,12 +144,16 @@ def read_raw(path: Path) -> pd.DataFrame:
                 records.append((row[0], row[1], row[2]))
             start = reader.line_num + 1
     except csv.Error as exc:
-        row_start = _clip("".join(raw_lines).rstrip())
+        raw_row = "".join(raw_lines).rstrip()
+        delimiter = next((d for d in (";", "\t", "|") if f'"{d}"' in raw_row), None)
+        hint = (f" The fields look separated by {delimiter!r}: the char-CNN format separates "
+                "them with commas; re-export the file with ',' as the delimiter."
+                if delimiter else "")
         raise TextclfError(
             f"validate: {path} line {start}: broken CSV quoting ({exc}, noticed at line "
-            f"{reader.line_num}); the row starts {row_start}. Every field must be "
+            f"{reader.line_num}); the row starts {_clip(raw_row)}. Every field must be "
             'wrapped in double quotes, with quotes inside a field doubled (""); a truncated file '
-            "needs re-downloading (`textclf fetch`)."
+            f"needs re-downloading (`textclf fetch`).{hint}"
         ) from None
 
     # The CSV line is the index, so GX reports offending rows by the line a user can open.

@@ -1,0 +1,67 @@
+"""What every benchmark shares: the real data, the machine's description, the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "agnews"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def real_texts(split: str = "train") -> tuple[list[str], list[int]]:
+    """Cleaned texts and 0-based labels of the shared AG News file, as the pipeline sees them."""
+    import pandas as pd
+
+    from textclf.text import join_title_description
+
+    path = SHARED_DATA / f"{split}.csv"
+    if not path.is_file():
+        sys.exit(f"benchmark needs the real data at {path}")
+    frame = pd.read_csv(path, header=None, names=["label", "title", "description"], dtype=str,
+                        keep_default_na=False)
+    texts = [join_title_description(t, d)
+             for t, d in zip(frame["title"], frame["description"], strict=True)]
+    return texts, (frame["label"].astype(int) - 1).tolist()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def median_of(runs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs),
+            "runs": len(runs)}
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    command = " ".join([f"python benchmarks/{name}.py", *sys.argv[1:]])
+    result = {"benchmark": name, "command": command, "machine": machine(), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return path

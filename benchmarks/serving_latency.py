@@ -1,0 +1,143 @@
+"""Serving latency: ONNX Runtime vs PyTorch eager on the same exported model, tokenization included.
+
+    python benchmarks/serving_latency.py [--model models/model.onnx] [--texts 500]
+
+Needs a pipeline run first (`dvc repro`: models/model.pt and models/model.onnx). Both engines get
+the same real test texts through the same cleaning and tokenization (`Predictor.encode`), one
+process, engines timed in separate blocks (ORT's worker threads spin briefly after each call and
+would slow an interleaved torch call). Reported: p50/p95 ms per text at batch 1, texts/s at batch
+256, and the ORT levers: graph optimisation level, intra-op threads, trimming vs padding to
+max_length, a new session per call, and int8 dynamic quantisation (with its accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from common import ROOT, real_texts, save
+
+from textclf.model import load_bundle
+from textclf.predict import Predictor, softmax
+
+
+def latencies(fn: Callable[[str], object], texts: list[str]) -> dict[str, float]:
+    for text in texts[:20]:
+        fn(text)
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        fn(text)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def throughput(fn: Callable[[list[str]], object], texts: list[str], batch: int = 256) -> float:
+    fn(texts[:batch])
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        fn(texts[i:i + batch])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def options(level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            threads: int = 0) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.intra_op_num_threads = threads
+    return opts
+
+
+def accuracy(predictor: Predictor, texts: list[str], labels: np.ndarray) -> float:
+    predicted = np.concatenate([predictor.logits(predictor.encode(texts[i:i + 256])).argmax(1)
+                                for i in range(0, len(texts), 256)])
+    return float((predicted == labels).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.onnx")
+    parser.add_argument("--texts", type=int, default=500)
+    args = parser.parse_args()
+
+    test_texts, test_labels = real_texts("test")
+    texts = test_texts[: args.texts]
+    ort_default = Predictor(args.model, providers=["CPUExecutionProvider"])
+    bundle = load_bundle(args.model.with_suffix(".pt"))
+    eager = bundle.raw_id_model().eval()
+
+    def torch_logits(batch: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return eager(torch.from_numpy(ort_default.encode(batch))).numpy()
+
+    def padded_logits(predictor: Predictor) -> Callable[[str], object]:
+        def run(text: str) -> object:
+            ids = np.full((1, predictor.max_length), predictor.pad_id, dtype=np.int64)
+            row = predictor.encode([text])[0]
+            ids[0, : len(row)] = row
+            return predictor.logits(ids)
+        return run
+
+    results: dict[str, dict] = {}
+    results["torch_eager"] = {**latencies(lambda t: torch_logits([t]), texts),
+                              "batch256_texts_per_s": throughput(torch_logits, test_texts)}
+    results["ort"] = {**latencies(lambda t: ort_default.predict([t]), texts),
+                      "batch256_texts_per_s": throughput(ort_default.predict, test_texts)}
+    for name, opts in {
+        "ort_1_thread": options(threads=1),
+        "ort_basic_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        "ort_no_opt": options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+    }.items():
+        predictor = Predictor(args.model, ["CPUExecutionProvider"], opts)
+        results[name] = {**latencies(lambda t, p=predictor: p.predict([t]), texts),
+                         "batch256_texts_per_s": throughput(predictor.predict, test_texts)}
+    results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
+    results["ort_new_session_per_call"] = latencies(
+        lambda t: Predictor(args.model, ["CPUExecutionProvider"]).predict([t]), texts[:50])
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import onnx
+
+        # The exporter's value_info annotations trip the quantizer's shape inference
+        # ("Inferred shape and existing shape differ"); without them it re-infers cleanly.
+        proto = onnx.load(args.model)
+        del proto.graph.value_info[:]
+        plain, quantized = Path(tmp) / "plain.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save(proto, plain)
+        quantize_dynamic(plain, quantized, weight_type=QuantType.QInt8)
+        q_predictor = Predictor(quantized, ["CPUExecutionProvider"])
+        labels = np.array(test_labels)
+        ids = ort_default.encode(texts)
+        results["ort_int8_dynamic"] = {
+            **latencies(lambda t: q_predictor.predict([t]), texts),
+            "batch256_texts_per_s": throughput(q_predictor.predict, test_texts),
+            "bytes": quantized.stat().st_size,
+            "test_accuracy": accuracy(q_predictor, test_texts, labels),
+            "max_abs_logit_diff_vs_fp32": float(np.abs(
+                q_predictor.logits(ids) - ort_default.logits(ids)).max()),
+            "max_prob_diff_vs_fp32": float(np.abs(
+                softmax(q_predictor.logits(ids)) - softmax(ort_default.logits(ids))).max()),
+        }
+        results["ort"]["test_accuracy"] = accuracy(ort_default, test_texts, labels)
+        results["ort"]["bytes"] = args.model.stat().st_size
+
+    save("serving_latency", {
+        "texts_timed": len(texts),
+        "results": results,
+        "ratio_ort_vs_eager_p50_batch1": (results["torch_eager"]["p50_ms"]
+                                          / results["ort"]["p50_ms"]),
+        "ratio_ort_vs_eager_batch256": (results["ort"]["batch256_texts_per_s"]
+                                        / results["torch_eager"]["batch256_texts_per_s"]),
+    })
+
+
+if __name__ == "__main__":
+    main()

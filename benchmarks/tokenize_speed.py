@@ -1,0 +1,80 @@
+"""Tokenization speed: the tokenize stage on the real AG News files, and its encoding choices.
+
+    python benchmarks/tokenize_speed.py [--repeats 5]
+
+Times `tokenization.run` (read parquet, split, encode, vocabulary, pad, save) on the real
+20k-train + 3.8k-test files in a temp project, median of repeats, and extrapolates linearly to
+the full 120k-row train split (stated as an extrapolation: the full file is not available here).
+Also compares, on the same texts, tiktoken's `encode_ordinary_batch` thread pool with a plain
+loop, which is what the stage uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from common import ROOT, median_of, real_texts, save, timed
+
+from textclf import tokenization
+from textclf.config import Paths, load_params
+from textclf.tokenizer import load_encoding
+
+FULL_TRAIN_ROWS = 120_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    params = load_params(ROOT / "params.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        validated = root / "data" / "validated"
+        validated.mkdir(parents=True)
+        texts = {}
+        for split in ("train", "test"):
+            texts[split], labels = real_texts(split)
+            pd.DataFrame({"label": labels, "text": texts[split]}).to_parquet(
+                validated / f"{split}.parquet")
+        (validated / "labels.json").write_text(
+            json.dumps({"label_names": list(params.validate.label_names)}))
+        tokenization.run(params, Paths(root))  # warm-up: imports, encoding load
+        stage = [timed(lambda: tokenization.run(params, Paths(root)))
+                 for _ in range(args.repeats)]
+
+    all_texts = texts["train"] + texts["test"]
+    encoding = load_encoding(params.tokenize.encoding)
+    max_length = params.tokenize.max_length
+    encoders = {
+        "plain_loop (used)": lambda: tokenization.encode(encoding, all_texts, max_length),
+        "encode_ordinary_batch_2_threads": lambda: encoding.encode_ordinary_batch(
+            all_texts, num_threads=2),
+        "encode_ordinary_batch_1_thread": lambda: encoding.encode_ordinary_batch(
+            all_texts, num_threads=1),
+    }
+    encode_times: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(args.repeats):
+        for name, fn in encoders.items():
+            encode_times[name].append(timed(fn))
+
+    n = len(all_texts)
+    median = statistics.median(stage)
+    save("tokenize_speed", {
+        "texts": n,
+        "stage_seconds": median_of(stage),
+        "stage_texts_per_s": n / median,
+        "extrapolated_seconds_for_120k_train_rows": FULL_TRAIN_ROWS / (n / median),
+        "encode_seconds": {name: median_of(t) for name, t in encode_times.items()},
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    })
+
+
+if __name__ == "__main__":
+    main()
