@@ -156,7 +156,7 @@ def main() -> None:
     variants: dict[str, Callable[[], Callable[[], None]]] = {
         "reference": lambda: reference_pass(raw, labels, encoding.n_vocab),
         "project": lambda: project_pass(compact, lengths, labels, compact_rows),
-        "project_fp32": lambda: project_pass(compact, lengths, labels, compact_rows, "fp32"),
+        "project_bf16": lambda: project_pass(compact, lengths, labels, compact_rows, "bf16"),
         "project_no_trim": lambda: project_pass(compact, lengths, labels, compact_rows,
                                                 trim=False),
         "project_full_vocab": lambda: project_pass(compact, lengths, labels, encoding.n_vocab),

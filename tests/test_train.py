@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import LABEL_NAMES
 from tests.helpers import small_params, write_validated
-from textclf import tokenization, train
+from textclf import checkpoint, tokenization, train
 from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.model import load_bundle
@@ -68,7 +68,7 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
     _copy_tokens(tokens_root, tmp_path)
     reference = _train(tokens_root, train={"epochs": 3, "patience": 0})
 
-    real_save = train._TrainState.save
+    real_save = checkpoint.TrainState.save
 
     def save_then_crash(self, *args):
         real_save(self, *args)
@@ -76,7 +76,7 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
             raise KeyboardInterrupt("simulated kill after epoch 1")
 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(train._TrainState, "save", save_then_crash)
+        patched.setattr(checkpoint.TrainState, "save", save_then_crash)
         _train(tmp_path, train={"epochs": 3, "patience": 0})
     resumed = _train(tmp_path, train={"epochs": 3, "patience": 0})
 

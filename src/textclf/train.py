@@ -1,10 +1,12 @@
 """Stage `train`: data/tokens -> models/model.pt, metrics/train/ (dvclive), models/checkpoint/.
 
-Mixed precision by `train.precision`: `auto` is fp16 + GradScaler on CUDA and bf16 autocast on a
-CPU with native bf16 (fp32 elsewhere). Batches are length-bucketed and trimmed to their longest
-real sequence, so padding to max_length costs nothing here. The model is selected on the
-validation split only. A checkpoint is written after every epoch; a re-run with the same
-config and data resumes from it and ends exactly where an uninterrupted run would.
+Mixed precision by `train.precision`: `auto` is fp16 + GradScaler on CUDA and fp32 on a CPU,
+where bf16 autocast was measured 2x slower for models of this size even with native bf16
+(benchmarks/results/train_throughput.json); `bf16` asks for it anyway. Batches are
+length-bucketed and trimmed to their longest real sequence, so padding to max_length costs
+nothing here. The model is selected on the validation split only. A checkpoint is written
+after every epoch (checkpoint.py); a re-run with the same config and data resumes from it and
+ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from textclf import __version__
-from textclf.atomic import atomic_path
+from textclf.checkpoint import TrainState
 from textclf.config import Params, Paths, TrainConfig
 from textclf.errors import TextclfError
 from textclf.model import (
@@ -32,7 +33,6 @@ from textclf.model import (
     Bundle,
     TextClassifier,
     TokenizerInfo,
-    safe_torch_load,
     save_bundle,
 )
 from textclf.tokenization import load_split, load_vocab
@@ -63,17 +63,10 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
                           else "cpu")
     choice = cfg.precision
     if choice == "auto":
-        cpu_choice = "bf16" if _cpu_has_native_bf16() else "fp32"
-        choice = "fp16" if device.type == "cuda" else cpu_choice
+        # On CPU, autocast's casts around d_model-sized matmuls cost more than bf16 saves.
+        choice = "fp16" if device.type == "cuda" else "fp32"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
     return Precision(device=device, dtype=dtype, scaled=choice == "fp16")
-
-
-def _cpu_has_native_bf16() -> bool:
-    # Without avx512_bf16/AMX, bf16 matmuls are emulated on CPU and slower than fp32.
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return "AVX512" in capability and bool(getattr(torch.cpu, "_is_avx512_bf16_supported",
-                                                   lambda: False)())
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
@@ -165,7 +158,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.min_lr_frac))
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scaled)
 
-    state = _TrainState(fingerprint=fingerprint(params, paths))
+    state = TrainState(fingerprint=fingerprint(params, paths))
     ckpt_path = paths.checkpoint / "last.pt"
     resumed = state.load_into(ckpt_path, model, optimizer, scheduler, scaler)
 
@@ -298,57 +291,3 @@ def _log_epoch(live: Any, row: dict[str, float]) -> None:
     live.log_metric("lr", row["lr"], plot=False)
     live.log_metric("samples_per_s", row["samples_per_s"], plot=False)
     live.next_step()
-
-
-@dataclasses.dataclass
-class _TrainState:
-    """What a checkpoint carries besides the optimiser: progress, history, the best weights."""
-
-    fingerprint: str
-    epoch: int = 0
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    best_row: dict[str, float] | None = None
-    best_weights: dict[str, torch.Tensor] | None = None
-    stale_epochs: int = 0
-
-    def record(self, row: dict[str, float], model: torch.nn.Module) -> None:
-        self.epoch = int(row["epoch"])
-        self.history.append(row)
-        better = self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
-            self.best_row["val_acc"], -self.best_row["val_loss"])
-        if better:
-            self.best_row = row
-            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            self.stale_epochs = 0
-        else:
-            self.stale_epochs += 1
-
-    def save(self, path: Path, model, optimizer, scheduler, scaler) -> None:
-        payload = {
-            "fingerprint": self.fingerprint, "epoch": self.epoch, "history": self.history,
-            "best_row": self.best_row, "best_weights": self.best_weights,
-            "stale_epochs": self.stale_epochs, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-        }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-
-    def load_into(self, path: Path, model, optimizer, scheduler, scaler) -> bool:
-        """Resume from ``path`` when it belongs to this exact run; report whether it did."""
-        if not path.exists():
-            return False
-        try:
-            payload = safe_torch_load(path)
-        except TextclfError:
-            return False  # unreadable resume point: start over rather than fail the stage
-        if payload.get("fingerprint") != self.fingerprint:
-            return False  # another config or other data: its progress does not apply
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["torch_rng"])
-        for name in ("epoch", "history", "best_row", "best_weights", "stale_epochs"):
-            setattr(self, name, payload[name])
-        return True

@@ -1,0 +1,72 @@
+"""The training run's resume point: models/checkpoint/last.pt, written after every epoch.
+
+Not a pipeline output: a local cache that `train` reads only when its fingerprint (configs +
+token files) matches the run at hand, so a killed `dvc repro` resumes and a changed experiment
+starts over. It holds the optimiser, scheduler and scaler states and the RNG, so the resumed run
+ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from textclf.atomic import atomic_path
+from textclf.errors import TextclfError
+from textclf.model import safe_torch_load
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a checkpoint carries besides the optimiser: progress, history, the best weights."""
+
+    fingerprint: str
+    epoch: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_row: dict[str, float] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    stale_epochs: int = 0
+
+    def record(self, row: dict[str, float], model: torch.nn.Module) -> None:
+        self.epoch = int(row["epoch"])
+        self.history.append(row)
+        better = self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
+            self.best_row["val_acc"], -self.best_row["val_loss"])
+        if better:
+            self.best_row = row
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+
+    def save(self, path: Path, model, optimizer, scheduler, scaler) -> None:
+        payload = {
+            "fingerprint": self.fingerprint, "epoch": self.epoch, "history": self.history,
+            "best_row": self.best_row, "best_weights": self.best_weights,
+            "stale_epochs": self.stale_epochs, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def load_into(self, path: Path, model, optimizer, scheduler, scaler) -> bool:
+        """Resume from ``path`` when it belongs to this exact run; report whether it did."""
+        if not path.exists():
+            return False
+        try:
+            payload = safe_torch_load(path)
+        except TextclfError:
+            return False  # unreadable resume point: start over rather than fail the stage
+        if payload.get("fingerprint") != self.fingerprint:
+            return False  # another config or other data: its progress does not apply
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+        for name in ("epoch", "history", "best_row", "best_weights", "stale_epochs"):
+            setattr(self, name, payload[name])
+        return True
