@@ -176,10 +176,12 @@ def main() -> None:
             with ctx:
                 speed[name].append(args.samples / timed(one_pass))
             print(f"{name}: {speed[name][-1]:.1f} samples/s", flush=True)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     one_thread = project_pass(compact, lengths, labels, compact_rows)
     one_thread()
     speed["project_1_thread"] = [args.samples / timed(one_thread) for _ in range(args.repeats)]
+    torch.set_num_threads(threads)
 
     medians = {name: median_of(runs) for name, runs in speed.items()}
     project = medians["project"]["median"]
