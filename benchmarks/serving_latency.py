@@ -13,6 +13,7 @@ max_length, a new session per call, and int8 dynamic quantisation (with its accu
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,6 +55,40 @@ def options(level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_E
     return opts
 
 
+def breakdown(predictor: Predictor, eager: torch.nn.Module, texts: list[str]) -> dict:
+    """Where a batch-1 call spends its time: tokenization, each engine's forward, ORT's ops."""
+    ids = [predictor.encode([t]) for t in texts]
+    tensors = [torch.from_numpy(i) for i in ids]
+    with torch.inference_mode():
+        eager_forward = latencies(eager, tensors)  # type: ignore[arg-type]
+    out = {
+        "mean_tokens": float(np.mean([i.shape[1] for i in ids])),
+        "tokenize_p50_ms": latencies(lambda t: predictor.encode([t]), texts)["p50_ms"],
+        "ort_session_run_p50_ms": latencies(predictor.logits, ids)["p50_ms"],
+        "eager_forward_p50_ms": eager_forward["p50_ms"],
+    }
+    # Per-op kernel times from ORT's own profiler (it slows every op, so shares, not totals).
+    opts = options()
+    opts.enable_profiling = True
+    profiled = Predictor(predictor.path, ["CPUExecutionProvider"], opts)
+    for row in ids:
+        profiled.logits(row)
+    trace = Path(profiled.session.end_profiling())
+    by_op: dict[str, float] = {}
+    kernels = 0
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + event["dur"]
+            kernels += 1
+    trace.unlink()
+    total = sum(by_op.values())
+    out["ort_kernels_per_call"] = kernels / len(ids)
+    out["ort_kernel_share_by_op"] = {op: round(t / total, 3) for op, t in
+                                     sorted(by_op.items(), key=lambda kv: -kv[1])[:8]}
+    return out
+
+
 def accuracy(predictor: Predictor, texts: list[str], labels: np.ndarray) -> float:
     predicted = np.concatenate([predictor.logits(predictor.encode(texts[i:i + 256])).argmax(1)
                                 for i in range(0, len(texts), 256)])
@@ -90,6 +125,7 @@ def main() -> None:
     results["ort"] = {**latencies(lambda t: ort_default.predict([t]), texts),
                       "batch256_texts_per_s": throughput(ort_default.predict, test_texts)}
     for name, opts in {
+        "ort_extended_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
         "ort_1_thread": options(threads=1),
         "ort_basic_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
         "ort_no_opt": options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
@@ -98,6 +134,7 @@ def main() -> None:
         results[name] = {**latencies(lambda t, p=predictor: p.predict([t]), texts),
                          "batch256_texts_per_s": throughput(predictor.predict, test_texts)}
     results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
+    results["breakdown_batch1"] = breakdown(ort_default, eager, texts)
     results["ort_new_session_per_call"] = latencies(
         lambda t: Predictor(args.model, ["CPUExecutionProvider"]).predict([t]), texts[:50])
 

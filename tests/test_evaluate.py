@@ -15,7 +15,7 @@ from tests.conftest import LABEL_NAMES, tiny_params
 from textclf import evaluate
 from textclf.config import Paths
 from textclf.errors import TextclfError
-from textclf.model import load_bundle
+from textclf.model import batched_logits, load_bundle
 from textclf.tokenization import load_split
 
 
@@ -99,7 +99,7 @@ def test_baseline_fits_on_the_training_rows_only(tiny_model_project: Paths, tmp_
 def test_batched_trimmed_logits_equal_full_width_logits(tiny_model_project: Paths) -> None:
     bundle = load_bundle(tiny_model_project.model)
     test = load_split(tiny_model_project.tokens, "test")
-    batched = evaluate.model_logits(bundle.model, test["ids"], test["lengths"], batch_size=7)
+    batched = batched_logits(bundle.model, test["ids"], test["lengths"], batch_size=7)
     with torch.inference_mode():
         full = bundle.model(torch.from_numpy(test["ids"].astype(np.int64))).numpy()
     np.testing.assert_allclose(batched, full, atol=1e-5, rtol=0)

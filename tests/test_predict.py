@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import queue
+import random
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +158,174 @@ def test_lowercase_models_fold_case_at_serving_time(tiny_onnx: Path, tmp_path: P
     lower = Predictor(folded)
     assert lower.lowercase and not Predictor(tiny_onnx).lowercase
     assert (lower.encode(["OIL Prices RISE"]) == lower.encode(["oil prices rise"])).all()
+
+
+# --- Robustness of the CLI contract: odd inputs, many lines, constant memory, streaming. ---
+
+def _cli(model: Path, *args: str, input: bytes | None = None) -> list[dict]:
+    """Run `textclf predict` in-process; assert exit 0 and return its JSON lines."""
+    result = CliRunner().invoke(app, ["predict", "-m", str(model), *args], input=input)
+    assert result.exit_code == 0, result.output
+    return _lines(result.stdout)
+
+
+def _assert_prediction(record: dict) -> None:
+    assert record["label"] in LABEL_NAMES and list(record["probabilities"]) == LABEL_NAMES
+    # The CLI rounds to 6 decimals: the sum is 1 up to 4 roundings.
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_answers_empty_and_whitespace_arguments_as_empty(tiny_onnx: Path) -> None:
+    lines = _cli(tiny_onnx, "", "   ", " \t\u00a0\u2003 ", SPORTS)
+    assert [r["line"] for r in lines] == [1, 2, 3, 4]
+    for record in lines:
+        _assert_prediction(record)
+    # Whitespace of any kind (tab, no-break and em spaces) cleans to the empty text.
+    assert [r.get("empty", False) for r in lines] == [True, True, True, False]
+    assert lines[3]["label"] == "Sports"
+
+
+def test_empty_stdin_prints_nothing_and_exits_0(tiny_onnx: Path) -> None:
+    assert _cli(tiny_onnx, input=b"") == []
+
+
+def test_one_megabyte_lines_are_truncated_not_choked_on(tiny_onnx: Path,
+                                                        predictor: Predictor) -> None:
+    words = " ".join([BUSINESS] * (2**20 // len(BUSINESS) + 1))[: 2**20]
+    run_of_one_char = "x" * 2**20  # one 1 MB "word": the worst case for BPE pre-splitting
+    data = "\n".join([SPORTS, words, run_of_one_char, BUSINESS]).encode() + b"\n"
+    started = time.perf_counter()
+    lines = _cli(tiny_onnx, input=data)
+    # tiktoken is linear here (~0.5 s per MB); a quadratic tokenizer would take minutes.
+    assert time.perf_counter() - started < 30
+    assert [r["line"] for r in lines] == [1, 2, 3, 4]
+    for record in lines:
+        _assert_prediction(record)
+        assert "empty" not in record
+    # Only the first max_length tokens count: the 1 MB text scores like its first sentences.
+    head = " ".join([BUSINESS] * 10)
+    assert lines[1]["probabilities"] == pytest.approx(
+        predictor.predict([head])[0]["probabilities"], abs=1e-5)
+    assert [lines[0]["label"], lines[1]["label"], lines[3]["label"]] == [
+        "Sports", "Business", "Business"]
+    # The same 1 MB texts as arguments (no ARG_MAX in-process) give the same records.
+    by_args = _cli(tiny_onnx, words, run_of_one_char)
+    assert [r["probabilities"] for r in by_args] == [r["probabilities"] for r in lines[1:3]]
+
+
+# Each a line that is not UTF-8, with the reason Python's decoder gives.
+UNDECODABLE = {
+    b"caf\xe9 au lait": "invalid continuation byte",  # Latin-1
+    b"\x80 lone continuation byte": "invalid start byte",
+    b"\xc0\xaf overlong slash": "invalid start byte",
+    b"\xed\xa0\x80 encoded surrogate": "invalid continuation byte",
+    b"\xf4\x90\x80\x80 above U+10FFFF": "invalid continuation byte",
+    b"\xff\xfe UTF-16 BOM": "invalid start byte",
+    b"cut short \xe2\x82": "unexpected end of data",
+}
+
+
+def test_undecodable_lines_get_an_error_record_in_place(tiny_onnx: Path) -> None:
+    bad = list(UNDECODABLE)
+    # Good and bad lines interleaved across batch boundaries, CRLF and LF, the last line
+    # undecodable and without a final newline, a NUL byte (valid UTF-8) in a good line.
+    raw = [SPORTS.encode(), bad[0], bad[1], b"nul\x00 byte " + BUSINESS.encode(), bad[2],
+           b"", bad[3], bad[4], bad[5], SPORTS.encode(), bad[6]]
+    data = b"\r\n".join(raw[:5]) + b"\r\n" + b"\n".join(raw[5:])
+    result = CliRunner().invoke(app, ["predict", "-m", str(tiny_onnx), "--batch-size", "3"],
+                                input=data)
+    assert result.exit_code == 0, result.output
+    lines = _lines(result.stdout)
+    assert [r["line"] for r in lines] == list(range(1, len(raw) + 1))
+    for record, line in zip(lines, raw, strict=True):
+        if line in UNDECODABLE:
+            # Nothing but the line number and the reason: no label to mistake for a prediction.
+            assert set(record) == {"line", "error"}, record
+            assert record["error"].startswith("invalid UTF-8 at byte ")
+            assert UNDECODABLE[line] in record["error"]
+        else:
+            _assert_prediction(record)
+    assert [lines[i]["label"] for i in (0, 3, 9)] == ["Sports", "Business", "Sports"]
+    assert lines[5].get("empty") is True
+    assert "7 input line(s) could not be decoded" in result.stderr
+
+
+def test_thousands_of_lines_from_a_file_come_back_one_each_in_order(tiny_onnx: Path,
+                                                                    tmp_path: Path) -> None:
+    n = 5000
+    texts = [SPORTS if i % 3 == 0 else BUSINESS if i % 3 == 1 else "" for i in range(n)]
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    lines = _cli(tiny_onnx, "-f", str(path))
+    assert [r["line"] for r in lines] == list(range(1, n + 1))
+    expected = ["Sports", "Business", None] * (n // 3 + 1)
+    assert [r["label"] if r.get("empty") is None else None for r in lines] == expected[:n]
+
+
+def _corpus_lines(n: int) -> bytes:
+    """``n`` distinct news-like lines of 20-40 words (~200 bytes each)."""
+    rng = random.Random(n)
+    words = (SPORTS + " " + BUSINESS).replace(",", "").split()
+    return "".join(" ".join(rng.choice(words) for _ in range(rng.randint(20, 40))) + "\n"
+                   for _ in range(n)).encode()
+
+
+# Runs `textclf predict` as a child and prints the child's peak RSS (kB on Linux): a fresh
+# process per measurement, so nothing else this test session ran counts in RUSAGE_CHILDREN.
+_PEAK_RSS = """
+import resource, subprocess, sys
+with open(sys.argv[1], "rb") as src, open(sys.argv[2], "wb") as out:
+    subprocess.run([sys.executable, "-m", "textclf.cli", "predict", "-m", sys.argv[3], "-f", "-"],
+                   stdin=src, stdout=out, check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _peak_rss_mb(model: Path, data: bytes, workdir: Path) -> float:
+    (workdir / "in.txt").write_bytes(data)
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(workdir / "in.txt"),
+                           str(workdir / "out.jsonl"), str(model)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = (workdir / "out.jsonl").read_bytes()
+    assert out.count(b"\n") == data.count(b"\n")
+    return int(done.stdout.strip()) / 1024
+
+
+def test_memory_stays_flat_when_the_input_grows_20_times(tiny_onnx: Path,
+                                                         tmp_path: Path) -> None:
+    small = _peak_rss_mb(tiny_onnx, _corpus_lines(2_000), tmp_path)
+    large = _peak_rss_mb(tiny_onnx, _corpus_lines(40_000), tmp_path)  # ~8 MB of text
+    print(f"peak RSS: 2,000 lines {small:.1f} MB, 40,000 lines {large:.1f} MB")
+    # Measured: growth under 2 MB. Holding all input, or all output, grows it by 50-90 MB.
+    assert large - small < 25, (small, large)
+
+
+def test_results_stream_out_before_stdin_is_closed(tiny_onnx: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textclf.cli", "predict", "-m", str(tiny_onnx),
+         "--batch-size", "4"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    received: queue.Queue[bytes] = queue.Queue()
+    reader = threading.Thread(target=lambda: [received.put(line) for line in proc.stdout],
+                              daemon=True)
+    reader.start()
+    try:
+        # One full batch in, the pipe left open: the answers must come without EOF.
+        proc.stdin.write(f"{SPORTS}\n{BUSINESS}\n\n{SPORTS}\n".encode())
+        proc.stdin.flush()
+        first = [json.loads(received.get(timeout=60)) for _ in range(4)]
+        assert proc.poll() is None  # still running, still waiting for input
+        assert [r["line"] for r in first] == [1, 2, 3, 4]
+        assert [first[0]["label"], first[1]["label"]] == ["Sports", "Business"]
+        proc.stdin.write(f"{BUSINESS}\n".encode())
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        reader.join(timeout=10)
+        last = json.loads(received.get(timeout=1))
+        assert (last["line"], last["label"]) == (5, "Business") and received.empty()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

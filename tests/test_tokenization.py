@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from tests.helpers import small_params, write_validated
 from textclf import tokenization
 from textclf.config import Paths
 from textclf.errors import TextclfError
-from textclf.text import clean_text, join_title_description
+from textclf.text import _clean_all_passes, clean_text, join_title_description
 from textclf.tokenizer import CL100K_SHA256, load_encoding, pad_id
 
 
@@ -50,6 +51,18 @@ def test_clean_text_undoes_corpus_escapes() -> None:
     assert clean_text(clean_text(raw)) == clean_text(raw)
     assert join_title_description("  Title ", " body\\n ") == "Title body"
     assert clean_text("rebel\\negotiators") == "rebel negotiators"
+
+
+def test_the_clean_text_shortcut_never_changes_the_result() -> None:
+    # clean_text skips its passes when a cheap scan finds nothing they could change; on random
+    # strings rich in the characters the passes act on, both must agree exactly.
+    rng = random.Random(0)
+    alphabet = ["#", "&", "<", ">", ";", "\\", "$", "n", "39", "a", "Z", " ", "  ", "\t", "\n",
+                "\u00a0", "\u2003", "amp", "lt", "x41", "é"]
+    samples = ["".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(20_000)]
+    for text in samples:
+        assert clean_text(text) == _clean_all_passes(text), repr(text)
+    assert sum(clean_text(t) is t for t in samples) > 100  # the shortcut was taken, too
 
 
 def test_pad_and_truncate() -> None:

@@ -63,10 +63,12 @@ def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_path,
-                                                            monkeypatch) -> None:
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["raw-weights", "weight-average"])
+def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_path, monkeypatch,
+                                                            ema_decay: float) -> None:
     _copy_tokens(tokens_root, tmp_path)
-    reference = _train(tokens_root, train={"epochs": 3, "patience": 0})
+    config = {"epochs": 3, "patience": 0, "ema_decay": ema_decay}
+    reference = _train(tokens_root, train=config)
 
     real_save = checkpoint.TrainState.save
 
@@ -77,8 +79,8 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
 
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(checkpoint.TrainState, "save", save_then_crash)
-        _train(tmp_path, train={"epochs": 3, "patience": 0})
-    resumed = _train(tmp_path, train={"epochs": 3, "patience": 0})
+        _train(tmp_path, train=config)
+    resumed = _train(tmp_path, train=config)
 
     assert resumed["resumed"] is True
     assert resumed["best_val_acc"] == reference["best_val_acc"]
@@ -87,6 +89,16 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     curve = (tmp_path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
     assert len(curve) == 4  # replayed epoch 1 + trained epochs 2 and 3
+
+
+def test_the_saved_model_is_the_weight_average_when_enabled(tokens_root) -> None:
+    _train(tokens_root, train={"epochs": 1, "ema_decay": 0.9})
+    saved = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
+    ckpt = torch.load(tokens_root / "models" / "checkpoint" / "last.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()
+                if k.startswith("module.")}
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not all(torch.equal(saved[k], ckpt["model"][k]) for k in saved)  # not the raw ones
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tokens_root) -> None:

@@ -7,6 +7,7 @@ training row soft labels from a model that never saw that row (the distillation 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -43,6 +44,7 @@ def fit(texts: Sequence[str], labels: np.ndarray, cfg: BaselineConfig):
 def out_of_fold_probabilities(texts: Sequence[str], labels: np.ndarray, num_labels: int,
                               cfg: BaselineConfig, folds: int, seed: int) -> np.ndarray:
     """float32 [N, K]: each row's class probabilities from a baseline fitted without it."""
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     texts = np.asarray(texts, dtype=object)
@@ -55,8 +57,15 @@ def out_of_fold_probabilities(texts: Sequence[str], labels: np.ndarray, num_labe
             f"tokenize: cannot split the training rows into {folds} teacher folds ({exc}). "
             "Lower tokenize.teacher_folds (0 turns the teacher off)."
         ) from None
-    for fit_rows, held_out in splits:
+
+    def fold(fit_rows: np.ndarray, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model = fit(texts[fit_rows], labels[fit_rows], cfg)
+        return model.classes_, model.predict_proba(texts[held_out])
+
+    # The folds are independent single-threaded fits: one process per core.
+    fitted = Parallel(n_jobs=min(folds, os.cpu_count() or 1))(
+        delayed(fold)(fit_rows, held_out) for fit_rows, held_out in splits)
+    for (_, held_out), (classes, fold_probs) in zip(splits, fitted, strict=True):
         # Columns follow the classes this fold saw; a class absent from it keeps probability 0.
-        probs[np.ix_(held_out, model.classes_)] = model.predict_proba(texts[held_out])
+        probs[np.ix_(held_out, classes)] = fold_probs
     return probs

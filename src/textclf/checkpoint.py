@@ -41,18 +41,19 @@ class TrainState:
         else:
             self.stale_epochs += 1
 
-    def save(self, path: Path, model, optimizer, scheduler, scaler) -> None:
+    def save(self, path: Path, model, optimizer, scheduler, scaler, ema=None) -> None:
         payload = {
             "fingerprint": self.fingerprint, "epoch": self.epoch, "history": self.history,
             "best_row": self.best_row, "best_weights": self.best_weights,
             "stale_epochs": self.stale_epochs, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "ema": ema.state_dict() if ema is not None else None,
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            torch.save(payload, fh)  # an open file: same bytes for the same state (model.py)
 
-    def load_into(self, path: Path, model, optimizer, scheduler, scaler) -> bool:
+    def load_into(self, path: Path, model, optimizer, scheduler, scaler, ema=None) -> bool:
         """Resume from ``path`` when it belongs to this exact run; report whether it did."""
         if not path.exists():
             return False
@@ -66,6 +67,8 @@ class TrainState:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
+        if ema is not None:
+            ema.load_state_dict(payload["ema"])
         torch.set_rng_state(payload["torch_rng"])
         for name in ("epoch", "history", "best_row", "best_weights", "stale_epochs"):
             setattr(self, name, payload[name])

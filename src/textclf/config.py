@@ -139,7 +139,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: Precision = "auto"
     device: Device = "auto"
-    # Stop after this many epochs without a better validation loss (0 = never stop early).
+    # Stop after this many epochs without a better validation accuracy (0 = never stop early).
     patience: int = 2
     seed: int = 42
     # CPU threads for torch (0 = leave torch's default).
@@ -150,6 +150,9 @@ class TrainConfig:
     # Share of the loss from matching the TF-IDF teacher's soft labels (0 = plain labels).
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
+    # Decay of the exponential moving average of the weights that is validated and saved
+    # (0 = off: the raw weights); it warms up, so short runs average their recent steps.
+    ema_decay: float = 0.0
 
     def check(self, section: str) -> None:
         _check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
@@ -171,6 +174,7 @@ class TrainConfig:
                self.distill_weight)
         _check(self.distill_temperature > 0, f"{section}.distill_temperature", "> 0",
                self.distill_temperature)
+        _check(0 <= self.ema_decay < 1, f"{section}.ema_decay", "in [0, 1)", self.ema_decay)
 
 
 @dataclass(frozen=True)

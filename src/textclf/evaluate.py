@@ -23,7 +23,7 @@ from textclf.atomic import atomic_path, write_json, write_text
 from textclf.baseline import fit as fit_baseline
 from textclf.config import Params, Paths
 from textclf.errors import TextclfError
-from textclf.model import Bundle, TextClassifier, load_bundle
+from textclf.model import Bundle, batched_logits, load_bundle
 from textclf.tokenization import load_split, load_vocab
 
 _TEXT_CHARS = 300  # misclassified.csv stays readable in a terminal and in DVC Studio
@@ -41,7 +41,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     names = bundle.label_names
     actual = test["labels"]
 
-    logits = model_logits(bundle.model, test["ids"], test["lengths"], cfg.batch_size)
+    logits = batched_logits(bundle.model, test["ids"], test["lengths"], cfg.batch_size)
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     predicted = probs.argmax(axis=1)
     baseline = fit_baseline(train_texts, train["labels"], params.baseline).predict(test_texts)
@@ -76,22 +76,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     return {"accuracy": model_scores["accuracy"], "macro_f1": model_scores["macro_f1"],
             "baseline_accuracy": base_scores["accuracy"], "test_rows": len(actual)}
-
-
-def model_logits(model: TextClassifier, ids: np.ndarray, lengths: np.ndarray,
-                 batch_size: int) -> np.ndarray:
-    """float32 [N, K] logits for compact ids [N, max_length], in the input's row order."""
-    # Longest first, so each batch is trimmed to similar lengths: attention cost follows T^2.
-    order = np.argsort(-lengths, kind="stable")
-    out = np.empty((len(ids), model.head.out_features), dtype=np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            width = max(1, int(lengths[rows].max()))
-            batch = torch.from_numpy(ids[rows, :width].astype(np.int64))
-            out[rows] = model(batch).float().numpy()
-    return out
 
 
 def scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict[str, Any]:

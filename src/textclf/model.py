@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +24,8 @@ from torch import nn
 from textclf.atomic import atomic_path
 from textclf.config import ModelConfig
 from textclf.errors import TextclfError
+from textclf.tokenization import PAD_ROW, UNK_ROW, compact_map
 
-PAD_ROW = 0
-UNK_ROW = 1
 BUNDLE_FORMAT = 1
 
 
@@ -110,12 +112,31 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
 
+def batched_logits(model: TextClassifier, ids: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   device: torch.device | None = None,
+                   autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+    """float32 (N, K) logits for compact ids (N, max_length), in the input's row order.
+
+    Longest rows first, each batch cut to its longest real sequence: attention costs T^2, so
+    similar lengths per batch and no padding to max_length make scoring several times faster.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(ids), model.head.out_features), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            batch = torch.from_numpy(ids[rows, :width].astype(np.int64)).to(device or "cpu")
+            with autocast():
+                logits = model(batch)
+            out[rows] = logits.float().cpu().numpy()
+    return out
+
+
 def compact_id_map(vocab_raw_ids: torch.Tensor, n_vocab: int, pad_id: int) -> torch.Tensor:
     """Lookup table raw tiktoken id -> compact row, shape (n_vocab,), int64."""
-    table = torch.full((n_vocab,), UNK_ROW, dtype=torch.int64)
-    table[vocab_raw_ids] = torch.arange(2, 2 + len(vocab_raw_ids), dtype=torch.int64)
-    table[pad_id] = PAD_ROW
-    return table
+    return torch.from_numpy(compact_map(vocab_raw_ids.numpy(), n_vocab, pad_id))
 
 
 class RawIdClassifier(nn.Module):
@@ -172,8 +193,10 @@ def save_bundle(path: Path | str, bundle: Bundle) -> None:
         "train_config": dict(bundle.train_config),
         "package_version": bundle.package_version,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Into an open file: given a path, torch.save names the archive's root folder after the
+    # (random) temp name, and equal bundles would differ in bytes, hence in DVC's md5.
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_bundle(path: Path | str) -> Bundle:

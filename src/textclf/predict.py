@@ -147,6 +147,7 @@ def run_cli(texts: list[str], file: Path | None, model: Path, batch_size: int) -
             ) from None
     if sys.stdin.isatty():
         print("textclf: reading one text per line from stdin (Ctrl-D ends)", file=sys.stderr)
+        batch_size = 1  # someone is typing: answer each line as it comes, not every 64th
     return _emit(predictor, _read_lines(sys.stdin.buffer), batch_size)
 
 

@@ -20,10 +20,19 @@ _ESCAPED_DOLLAR = re.compile(r"\\(?=\$)")
 _NEWLINE_ESCAPE = re.compile(r"\\n(?![a-z])")
 _TAG = re.compile(r"<[^<>]{0,200}>")
 _SPACE = re.compile(r"\s+")
+# Every rule above needs one of these characters, or whitespace other than single inner spaces;
+# most texts (all of them once validated) have none and skip the seven passes below.
+_NEEDS_CLEANING = re.compile(r"[#&<\\]|[^\S ]|  ")
 
 
 def clean_text(text: str) -> str:
     """Undo the corpus's escapes and collapse whitespace (idempotent on clean text)."""
+    if not (_NEEDS_CLEANING.search(text) or text[:1] == " " or text[-1:] == " "):
+        return text
+    return _clean_all_passes(text)
+
+
+def _clean_all_passes(text: str) -> str:
     text = _BARE_APOSTROPHE.sub("'", text)
     text = _BARE_ENTITY.sub(r"&#\1;", text)
     text = html.unescape(text)

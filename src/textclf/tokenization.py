@@ -28,7 +28,8 @@ from textclf.errors import TextclfError
 from textclf.text import model_input
 from textclf.tokenizer import load_encoding, pad_id
 
-PAD_ROW, UNK_ROW = 0, 1  # mirrored in model.py, which this module must not import (torch)
+# Compact rows 0 and 1; model.py takes them from here, since this module must not import torch.
+PAD_ROW, UNK_ROW = 0, 1
 SPLITS = ("train", "val", "test")
 
 
@@ -74,7 +75,7 @@ def build_vocab(train_ids: Sequence[Sequence[int]], n_vocab: int, size: int,
 
 
 def compact_map(raw_ids: np.ndarray, n_vocab: int, pad: int) -> np.ndarray:
-    """Lookup table raw id -> compact row (numpy twin of model.compact_id_map)."""
+    """Lookup table raw id -> compact row: the training arrays' and the exported graph's map."""
     table = np.full(n_vocab, UNK_ROW, dtype=np.int64)
     table[raw_ids] = np.arange(2, 2 + len(raw_ids))
     table[pad] = PAD_ROW

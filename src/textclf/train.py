@@ -17,12 +17,13 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from textclf import __version__
 from textclf.checkpoint import TrainState
@@ -33,6 +34,7 @@ from textclf.model import (
     Bundle,
     TextClassifier,
     TokenizerInfo,
+    batched_logits,
     save_bundle,
 )
 from textclf.tokenization import load_split, load_vocab
@@ -102,20 +104,13 @@ def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-@torch.inference_mode()
 def evaluate_split(model: TextClassifier, split: dict[str, np.ndarray], batch_size: int,
                    precision: Precision, label_smoothing: float = 0.0) -> dict[str, float]:
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for index in bucketed_batches(split["lengths"], batch_size, torch.Generator(), shuffle=False):
-        ids, labels = trimmed(split, index, precision.device)
-        with precision.autocast():
-            logits = model(ids)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum",
-                                      label_smoothing=label_smoothing).item()
-        correct += (logits.argmax(-1) == labels).sum().item()
-    n = len(split["labels"])
-    return {"loss": total_loss / n, "acc": correct / n}
+    logits = torch.from_numpy(batched_logits(model, split["ids"], split["lengths"], batch_size,
+                                             precision.device, precision.autocast))
+    labels = torch.from_numpy(split["labels"]).long()
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing).item()
+    return {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean().item()}
 
 
 def fingerprint(params: Params, paths: Paths) -> str:
@@ -157,10 +152,15 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.min_lr_frac))
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scaled)
+    # Validation, selection and the saved model use the weights' moving average when enabled:
+    # it smooths the last, noisy steps of each epoch and narrows the spread over seeds.
+    ema = (AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay))
+           if cfg.ema_decay else None)
+    scored = ema.module if ema is not None else model
 
     state = TrainState(fingerprint=fingerprint(params, paths))
     ckpt_path = paths.checkpoint / "last.pt"
-    resumed = state.load_into(ckpt_path, model, optimizer, scheduler, scaler)
+    resumed = state.load_into(ckpt_path, model, optimizer, scheduler, scaler, ema)
 
     live = Live(str(paths.metrics / "train"), dvcyaml=None, save_dvc_exp=False)
     for row in state.history:  # DVC cleared metrics/train: replay what the checkpoint saw
@@ -179,20 +179,22 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             teacher = soft_labels(train_split, index, precision.device, cfg)
             loss = train_step(model, ids, labels, optimizer, scaler, precision, cfg, teacher)
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(labels)
             loss_sum += loss * len(labels)
         elapsed = time.perf_counter() - started
-        val = evaluate_split(model, val_split, cfg.batch_size * 4, precision,
+        val = evaluate_split(scored, val_split, cfg.batch_size * 4, precision,
                              cfg.label_smoothing)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0],
                "samples_per_s": seen / elapsed}
-        state.record(row, model)
+        state.record(row, scored)
         _log_epoch(live, row)
         print(f"epoch {row['epoch']}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
               f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
               f"{row['samples_per_s']:.0f} samples/s", file=sys.stderr, flush=True)
-        state.save(ckpt_path, model, optimizer, scheduler, scaler)
+        state.save(ckpt_path, model, optimizer, scheduler, scaler, ema)
 
     best = state.best_row or {}
     live.summary.update({f"best/{k}": v for k, v in best.items() if k != "lr"})
@@ -201,7 +203,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                          "device": precision.device.type})
     live.end()
 
-    model.load_state_dict(state.best_weights or model.state_dict())
+    model.load_state_dict(state.best_weights or scored.state_dict())
     model.cpu().eval()
     save_bundle(paths.model, Bundle(
         model=model,
@@ -235,6 +237,19 @@ def train_step(model: TextClassifier, ids: torch.Tensor, labels: torch.Tensor,
     scaler.step(optimizer)
     scaler.update()
     return loss.item()
+
+
+def ema_update(decay: float) -> Callable[..., None]:
+    """AveragedModel's update: an exponential moving average whose decay warms up.
+
+    (1 + n) / (10 + n) after n updates caps the decay early on, so a short run (a quick
+    experiment on a data fraction) averages its recent weights rather than its random start.
+    """
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+    return update
 
 
 def drop_tokens(ids: torch.Tensor, rate: float) -> torch.Tensor:

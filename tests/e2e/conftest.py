@@ -66,20 +66,24 @@ def tracked_files() -> list[str]:
     return [f for f in listed if (PROJECT_ROOT / f).is_file()]
 
 
+def copy_project(root: Path, **sections: dict[str, Any]) -> Repo:
+    """Copy the project's tracked files to ``root``, apply params overrides, git init + commit."""
+    for name in tracked_files():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, target)
+    repo = Repo(root)
+    repo.update_params(**sections)
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.commit("copy of the project")
+    return repo
+
+
 @pytest.fixture
 def make_repo(tmp_path: Path) -> Callable[..., Repo]:
-    """Factory: copy the project's tracked files, apply params overrides, git init + commit."""
+    """Factory: ``copy_project`` into this test's tmp_path/repo."""
 
     def make(**sections: dict[str, Any]) -> Repo:
-        root = tmp_path / "repo"
-        for name in tracked_files():
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT_ROOT / name, target)
-        repo = Repo(root)
-        repo.update_params(**sections)
-        repo.run("git", "init", "-q", "-b", "main")
-        repo.commit("copy of the project")
-        return repo
+        return copy_project(tmp_path / "repo", **sections)
 
     return make

@@ -157,8 +157,13 @@ def _wait_until_ready(server: S3Server, proc: subprocess.Popen[bytes], log: Path
 
 def run(cwd: Path, *args: str, env: dict[str, str], check: bool = True,
         timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command; every one here must keep the secret key out of its stdout and stderr."""
     done = subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True,
                           timeout=timeout)
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    # Checked first, and the message shows no output: a failure must not print the secret.
+    assert not secret or secret not in done.stdout + done.stderr, (
+        f"{' '.join(args)} printed AWS_SECRET_ACCESS_KEY")
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {done.returncode}\n--- stdout\n"
                              f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
@@ -350,3 +355,23 @@ def test_missing_object_fails_cleanly_and_writes_nothing_half(project, s3, tmp_p
     # DVC checks nothing out when a download failed: no output appears, none half-written.
     assert snapshot(work) == before
     assert_cache_whole(work)
+
+
+def test_credentials_stay_out_of_verbose_logs_config_and_history(project, s3, tmp_path) -> None:
+    work = clone(project, tmp_path / "clone")
+    # Verbose logs and config listings are what users paste into bug reports; run() asserts
+    # that none of them shows the secret key.
+    for args in (["dvc", "pull", "-v", "models/model.onnx"], ["dvc", "status", "-c", "-v"],
+                 ["dvc", "push", "-v"], ["dvc", "config", "--list", "--show-origin"],
+                 ["dvc", "remote", "list"], ["dvc", "doctor"]):
+        run(work, *args, env=s3.env())
+    # Neither key is on disk: not in any file of either checkout (configs, dvc.lock, DVC's
+    # cache and tmp), nor anywhere in the git history (objects are compressed: ask git).
+    for root in (work, project.repo.root):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert s3.secret_key.encode() not in data, f"secret key in {path}"
+                assert s3.access_key.encode() not in data, f"access key in {path}"
+        history = run(root, "git", "log", "--all", "-p", env=s3.env()).stdout
+        assert s3.access_key not in history  # (run() has checked the secret key)
