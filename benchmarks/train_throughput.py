@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from common import median_of, real_texts, save, timed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from textclf import model as model_module
 from textclf import tokenization, train
@@ -94,9 +95,9 @@ def reference_pass(raw: np.ndarray, labels: np.ndarray, n_vocab: int) -> Callabl
 
 
 def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, vocab_rows: int,
-                 precision: str = "auto", trim: bool = True, compile_model: bool = False
-                 ) -> Callable[[], None]:
-    """A closure that runs the project's own train_step over every sample once."""
+                 precision: str = "auto", trim: bool = True, compile_model: bool = False,
+                 average_weights: bool = True) -> Callable[[], None]:
+    """A closure that runs the project's own train_step (+ weight average) over every sample."""
     torch.manual_seed(0)
     cfg = TrainConfig(batch_size=BATCH, precision=precision)  # type: ignore[arg-type]
     resolved = train.resolve_precision(cfg)
@@ -105,6 +106,7 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=resolved.scaled)
     step_model = torch.compile(model, dynamic=True) if compile_model else model
+    ema = AveragedModel(model, multi_avg_fn=train.ema_update(0.998)) if average_weights else None
     split = {"ids": compact, "lengths": lengths if trim else np.full_like(lengths, SEQ),
              "labels": labels}
     batches = train.bucketed_batches(split["lengths"], BATCH, torch.Generator().manual_seed(0))
@@ -114,6 +116,8 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
         for index in batches:
             ids, y = train.trimmed(split, index, resolved.device)
             train.train_step(step_model, ids, y, optimizer, scaler, resolved, cfg)
+            if ema is not None:
+                ema.update_parameters(model)
 
     return one_pass
 
@@ -161,6 +165,8 @@ def main() -> None:
                                                 trim=False),
         "project_full_vocab": lambda: project_pass(compact, lengths, labels, encoding.n_vocab),
         "project_math_attention": lambda: project_pass(compact, lengths, labels, compact_rows),
+        "project_without_weight_average": lambda: project_pass(compact, lengths, labels,
+                                                               compact_rows, average_weights=False),
     }
     if args.compile:
         variants["project_compiled"] = lambda: project_pass(compact, lengths, labels,

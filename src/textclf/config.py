@@ -6,10 +6,6 @@ or out-of-range value raises one ``TextclfError`` naming the key and the accepte
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,17 +13,10 @@ from typing import Any, Literal
 import yaml
 
 from textclf.errors import TextclfError
+from textclf.typed_config import build, check
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-
-
-def _check(ok: bool, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise TextclfError(
-            f"params.yaml: `{key}` must be {expected}, got {value!r}. Fix it in params.yaml "
-            f"(or override it for one experiment with `dvc exp run -S {key}=...`)."
-        )
 
 
 @dataclass(frozen=True)
@@ -45,14 +34,14 @@ class FetchConfig:
     timeout_s: float = 60.0
 
     def check(self, section: str) -> None:
-        _check(bool(self.source.strip()), f"{section}.source", "a path or URL", self.source)
+        check(bool(self.source.strip()), f"{section}.source", "a path or URL", self.source)
         for split, digest in self.sha256.items():
-            _check(split in ("train", "test"), f"{section}.sha256", "keyed by train/test", split)
-            _check(_is_sha256(digest), f"{section}.sha256.{split}", "64 hex digits", digest)
-        _check(0 < self.fraction <= 1, f"{section}.fraction", "in (0, 1]", self.fraction)
-        _check(self.max_rows_per_class >= 0, f"{section}.max_rows_per_class", ">= 0",
+            check(split in ("train", "test"), f"{section}.sha256", "keyed by train/test", split)
+            check(_is_sha256(digest), f"{section}.sha256.{split}", "64 hex digits", digest)
+        check(0 < self.fraction <= 1, f"{section}.fraction", "in (0, 1]", self.fraction)
+        check(self.max_rows_per_class >= 0, f"{section}.max_rows_per_class", ">= 0",
                self.max_rows_per_class)
-        _check(self.timeout_s > 0, f"{section}.timeout_s", "> 0", self.timeout_s)
+        check(self.timeout_s > 0, f"{section}.timeout_s", "> 0", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -71,16 +60,16 @@ class ValidateConfig:
 
     def check(self, section: str) -> None:
         names = self.label_names
-        _check(len(names) >= 2 and len(set(names)) == len(names), f"{section}.label_names",
+        check(len(names) >= 2 and len(set(names)) == len(names), f"{section}.label_names",
                "a list of at least two distinct names", list(names))
-        _check(self.min_rows >= 1, f"{section}.min_rows", ">= 1", self.min_rows)
-        _check(0 <= self.min_text_chars <= self.max_text_chars, f"{section}.min_text_chars",
+        check(self.min_rows >= 1, f"{section}.min_rows", ">= 1", self.min_rows)
+        check(0 <= self.min_text_chars <= self.max_text_chars, f"{section}.min_text_chars",
                "between 0 and max_text_chars", self.min_text_chars)
-        _check(self.max_class_ratio >= 1, f"{section}.max_class_ratio", ">= 1",
+        check(self.max_class_ratio >= 1, f"{section}.max_class_ratio", ">= 1",
                self.max_class_ratio)
-        _check(0 <= self.max_leakage_share <= 1, f"{section}.max_leakage_share", "in [0, 1]",
+        check(0 <= self.max_leakage_share <= 1, f"{section}.max_leakage_share", "in [0, 1]",
                self.max_leakage_share)
-        _check(self.report_rows >= 1, f"{section}.report_rows", ">= 1", self.report_rows)
+        check(self.report_rows >= 1, f"{section}.report_rows", ">= 1", self.report_rows)
 
 
 @dataclass(frozen=True)
@@ -101,12 +90,12 @@ class TokenizeConfig:
     teacher_folds: int = 5
 
     def check(self, section: str) -> None:
-        _check(self.max_length >= 2, f"{section}.max_length", ">= 2", self.max_length)
-        _check(0 < self.val_fraction < 1, f"{section}.val_fraction", "in (0, 1)",
+        check(self.max_length >= 2, f"{section}.max_length", ">= 2", self.max_length)
+        check(0 < self.val_fraction < 1, f"{section}.val_fraction", "in (0, 1)",
                self.val_fraction)
-        _check(self.vocab_size >= 0, f"{section}.vocab_size", ">= 0", self.vocab_size)
-        _check(self.min_freq >= 1, f"{section}.min_freq", ">= 1", self.min_freq)
-        _check(self.teacher_folds == 0 or self.teacher_folds >= 2, f"{section}.teacher_folds",
+        check(self.vocab_size >= 0, f"{section}.vocab_size", ">= 0", self.vocab_size)
+        check(self.min_freq >= 1, f"{section}.min_freq", ">= 1", self.min_freq)
+        check(self.teacher_folds == 0 or self.teacher_folds >= 2, f"{section}.teacher_folds",
                "0 (off) or >= 2", self.teacher_folds)
 
 
@@ -120,10 +109,10 @@ class ModelConfig:
 
     def check(self, section: str) -> None:
         for name in ("d_model", "n_layers", "n_heads", "d_ff"):
-            _check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
-        _check(self.d_model % self.n_heads == 0, f"{section}.d_model",
+            check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
+        check(self.d_model % self.n_heads == 0, f"{section}.d_model",
                f"a multiple of n_heads ({self.n_heads})", self.d_model)
-        _check(0 <= self.dropout < 1, f"{section}.dropout", "in [0, 1)", self.dropout)
+        check(0 <= self.dropout < 1, f"{section}.dropout", "in [0, 1)", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -155,26 +144,26 @@ class TrainConfig:
     ema_decay: float = 0.0
 
     def check(self, section: str) -> None:
-        _check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
-        _check(self.weight_decay >= 0, f"{section}.weight_decay", ">= 0", self.weight_decay)
-        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
-        _check(self.epochs >= 1, f"{section}.epochs", ">= 1", self.epochs)
-        _check(0 <= self.warmup_frac < 1, f"{section}.warmup_frac", "in [0, 1)",
+        check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
+        check(self.weight_decay >= 0, f"{section}.weight_decay", ">= 0", self.weight_decay)
+        check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        check(self.epochs >= 1, f"{section}.epochs", ">= 1", self.epochs)
+        check(0 <= self.warmup_frac < 1, f"{section}.warmup_frac", "in [0, 1)",
                self.warmup_frac)
-        _check(0 <= self.min_lr_frac <= 1, f"{section}.min_lr_frac", "in [0, 1]",
+        check(0 <= self.min_lr_frac <= 1, f"{section}.min_lr_frac", "in [0, 1]",
                self.min_lr_frac)
-        _check(0 <= self.label_smoothing < 1, f"{section}.label_smoothing", "in [0, 1)",
+        check(0 <= self.label_smoothing < 1, f"{section}.label_smoothing", "in [0, 1)",
                self.label_smoothing)
-        _check(self.grad_clip >= 0, f"{section}.grad_clip", ">= 0 (0 disables)", self.grad_clip)
-        _check(self.patience >= 0, f"{section}.patience", ">= 0", self.patience)
-        _check(self.num_threads >= 0, f"{section}.num_threads", ">= 0", self.num_threads)
-        _check(0 <= self.token_dropout < 1, f"{section}.token_dropout", "in [0, 1)",
+        check(self.grad_clip >= 0, f"{section}.grad_clip", ">= 0 (0 disables)", self.grad_clip)
+        check(self.patience >= 0, f"{section}.patience", ">= 0", self.patience)
+        check(self.num_threads >= 0, f"{section}.num_threads", ">= 0", self.num_threads)
+        check(0 <= self.token_dropout < 1, f"{section}.token_dropout", "in [0, 1)",
                self.token_dropout)
-        _check(0 <= self.distill_weight <= 1, f"{section}.distill_weight", "in [0, 1]",
+        check(0 <= self.distill_weight <= 1, f"{section}.distill_weight", "in [0, 1]",
                self.distill_weight)
-        _check(self.distill_temperature > 0, f"{section}.distill_temperature", "> 0",
+        check(self.distill_temperature > 0, f"{section}.distill_temperature", "> 0",
                self.distill_temperature)
-        _check(0 <= self.ema_decay < 1, f"{section}.ema_decay", "in [0, 1)", self.ema_decay)
+        check(0 <= self.ema_decay < 1, f"{section}.ema_decay", "in [0, 1)", self.ema_decay)
 
 
 @dataclass(frozen=True)
@@ -186,9 +175,9 @@ class BaselineConfig:
     c: float = 10.0
 
     def check(self, section: str) -> None:
-        _check(self.ngram_max >= 1, f"{section}.ngram_max", ">= 1", self.ngram_max)
-        _check(self.min_df >= 1, f"{section}.min_df", ">= 1", self.min_df)
-        _check(self.c > 0, f"{section}.c", "> 0", self.c)
+        check(self.ngram_max >= 1, f"{section}.ngram_max", ">= 1", self.ngram_max)
+        check(self.min_df >= 1, f"{section}.min_df", ">= 1", self.min_df)
+        check(self.c > 0, f"{section}.c", "> 0", self.c)
 
 
 @dataclass(frozen=True)
@@ -198,8 +187,8 @@ class EvaluateConfig:
     n_misclassified: int = 25
 
     def check(self, section: str) -> None:
-        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
-        _check(self.n_misclassified >= 0, f"{section}.n_misclassified", ">= 0",
+        check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        check(self.n_misclassified >= 0, f"{section}.n_misclassified", ">= 0",
                self.n_misclassified)
 
 
@@ -208,7 +197,7 @@ class ExportConfig:
     opset: int = 18
 
     def check(self, section: str) -> None:
-        _check(self.opset >= 17, f"{section}.opset", ">= 17", self.opset)
+        check(self.opset >= 17, f"{section}.opset", ">= 17", self.opset)
 
 
 @dataclass(frozen=True)
@@ -219,11 +208,11 @@ class ParityConfig:
     latency_runs: int = 50
 
     def check(self, section: str) -> None:
-        _check(self.max_abs_diff > 0, f"{section}.max_abs_diff", "> 0", self.max_abs_diff)
-        _check(0 <= self.min_argmax_agreement <= 1, f"{section}.min_argmax_agreement",
+        check(self.max_abs_diff > 0, f"{section}.max_abs_diff", "> 0", self.max_abs_diff)
+        check(0 <= self.min_argmax_agreement <= 1, f"{section}.min_argmax_agreement",
                "in [0, 1]", self.min_argmax_agreement)
-        _check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
-        _check(self.latency_runs >= 1, f"{section}.latency_runs", ">= 1", self.latency_runs)
+        check(self.batch_size >= 1, f"{section}.batch_size", ">= 1", self.batch_size)
+        check(self.latency_runs >= 1, f"{section}.latency_runs", ">= 1", self.latency_runs)
 
 
 @dataclass(frozen=True)
@@ -255,72 +244,8 @@ def load_params(path: Path | str = "params.yaml") -> Params:
 
 
 def params_from_dict(raw: Any) -> Params:
-    _check(isinstance(raw, dict), "<top level>", "a mapping of sections", type(raw).__name__)
-    return _build(Params, raw, "")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "<top level>"
-    _check(isinstance(raw, dict), where, "a mapping", raw)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise TextclfError(
-            f"params.yaml: unknown key `{prefix}{unknown[0]}`. Known keys in `{where}`: "
-            f"{', '.join(fields)}. Fix the spelling or remove it."
-        )
-    values = {}
-    for name, fld in fields.items():
-        key = f"{prefix}{name}"
-        if name not in raw:
-            missing = (fld.default is dataclasses.MISSING
-                       and fld.default_factory is dataclasses.MISSING)
-            if missing:
-                raise TextclfError(f"params.yaml: `{key}` is missing. Add it to params.yaml.")
-            continue
-        values[name] = _coerce(hints[name], raw[name], key)
-    obj = cls(**values)
-    if hasattr(obj, "check"):
-        obj.check(prefix.rstrip("."))
-    return obj
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{key}.")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        _check(value in choices, key, f"one of {', '.join(map(str, choices))}", value)
-        return value
-    if origin is tuple:
-        _check(isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
-               key, "a list of strings", value)
-        return tuple(value)
-    if origin is dict:
-        _check(isinstance(value, dict), key, "a mapping", value)
-        return {str(k): str(v) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is bool:
-        _check(isinstance(value, bool), key, "true or false", value)
-    elif hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
-    elif hint is float:
-        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            # PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string; YAML 1.2, DVC's
-            # `-S train.lr=1e-4` and every user mean the number.
-            value = float(value)
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
-               value)
-        return float(value)
-    elif hint is str:
-        _check(isinstance(value, str), key, "a string", value)
-    return value
-
-
-_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+    check(isinstance(raw, dict), "<top level>", "a mapping of sections", type(raw).__name__)
+    return build(Params, raw, "")
 
 
 def _is_sha256(value: str) -> bool:
