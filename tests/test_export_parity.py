@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,6 +40,11 @@ def test_texts(tiny_model_project: Paths) -> list[str]:
     return pd.read_parquet(tiny_model_project.validated / "test.parquet")["text"].tolist()
 
 
+@pytest.fixture(scope="module")
+def test_labels(tiny_model_project: Paths) -> np.ndarray:
+    return pd.read_parquet(tiny_model_project.validated / "test.parquet")["label"].to_numpy()
+
+
 def test_export_is_valid_self_contained_and_self_describing(tiny_onnx: Path, bundle) -> None:
     model = onnx.load(tiny_onnx)
     onnx.checker.check_model(model, full_check=True)
@@ -48,6 +54,7 @@ def test_export_is_valid_self_contained_and_self_describing(tiny_onnx: Path, bun
     assert int(meta["max_length"]) == bundle.tokenizer.max_length
     assert int(meta["pad_id"]) == bundle.tokenizer.pad_id == 100257
     assert int(meta["n_vocab"]) == bundle.tokenizer.n_vocab
+    assert meta["quantized"] == "none"
     assert meta["package_version"] == textclf.__version__
 
     (inp,), (out,) = model.graph.input, model.graph.output
@@ -105,6 +112,37 @@ def test_parity_passes_on_a_fresh_export(bundle, tiny_onnx: Path, test_texts: li
     assert report.rows == len(test_texts) + report.edge_cases and report.edge_cases == 5
     assert report.max_abs_diff < 1e-4 and report.argmax_agreement == 1.0
     assert report.torch_p50_ms > 0 and report.onnx_p50_ms > 0
+
+
+def test_int8_export_is_smaller_says_so_and_is_held_to_the_int8_limits(
+        bundle, tiny_onnx: Path, tmp_path: Path, test_texts: list[str],
+        test_labels: np.ndarray) -> None:
+    target = tmp_path / "model.onnx"
+    export_onnx(bundle, target, opset=18, quantize=True)
+    model = onnx.load(target)
+    assert {p.key: p.value for p in model.metadata_props}["quantized"] == "int8"
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in model.graph.node} or (
+        "DynamicQuantizeMatMul" in {n.op_type for n in model.graph.node})
+    assert target.stat().st_size < tiny_onnx.stat().st_size
+    report = parity.check_parity(bundle, target, test_texts, tiny_params().parity, test_labels)
+    assert report.quantized
+    # Not exact (the fp32 limit would fail it), yet within the int8 limits and accuracy.
+    assert tiny_params().parity.max_abs_diff < report.max_abs_diff <= report.limits[0]
+    assert report.limits == (tiny_params().parity.int8_max_abs_diff,
+                             tiny_params().parity.int8_min_argmax_agreement)
+    assert report.passed, report.metrics()
+
+
+def test_an_accuracy_drop_beyond_the_limit_fails_parity_with_its_figures(
+        bundle, tiny_onnx: Path, test_texts: list[str], test_labels: np.ndarray) -> None:
+    cfg = tiny_params().parity
+    report = parity.check_parity(bundle, tiny_onnx, test_texts, cfg, test_labels)
+    assert report.passed and report.accuracy_drop == 0.0  # fp32: the very same predictions
+    worse = dataclasses.replace(report, accuracy_drop=0.01)
+    assert not worse.passed
+    with pytest.raises(TextclfError, match=r"accuracy drop 1\.00% exceeds "
+                                           r"parity\.max_accuracy_drop 0\.30%"):
+        worse.raise_if_failed()
 
 
 def test_edge_cases_cover_empty_one_token_and_the_length_limits(tiny_onnx: Path) -> None:

@@ -4,7 +4,7 @@ Reads  models/model.pt
 Writes models/model.onnx  (input `input_ids` int64 [batch, seq] raw tiktoken ids, right-padded
                            with pad_id, seq <= max_length; output `logits` float32 [batch, K];
                            metadata: label_names, encoding, max_length, pad_id, n_vocab,
-                           package_version)
+                           lowercase, quantized ("none" or "int8"), package_version)
 
 The graph is `Bundle.raw_id_model()`, so the compact-vocabulary map travels inside the file and
 a client needs only tiktoken and onnxruntime. It is exported with the torch.export-based
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,15 +39,17 @@ _PROTOBUF_LIMIT = 2**31
 
 def run(params: Params, paths: Paths) -> dict[str, object]:
     bundle = load_bundle(paths.model)
-    export_onnx(bundle, paths.onnx, params.export.opset)
+    export_onnx(bundle, paths.onnx, params.export.opset, params.export.quantize)
     return {"onnx": str(paths.onnx), "bytes": paths.onnx.stat().st_size,
-            "opset": params.export.opset}
+            "opset": params.export.opset, "quantized": params.export.quantize}
 
 
-def export_onnx(bundle: Bundle, target: Path | str, opset: int) -> None:
+def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool = False) -> None:
     """Export ``bundle`` to ``target`` atomically as one checked, self-contained ONNX file."""
     proto = _to_onnx(bundle, opset)
-    for key, value in metadata(bundle).items():
+    if quantize:
+        proto = _int8_dynamic(proto)
+    for key, value in {**metadata(bundle), "quantized": "int8" if quantize else "none"}.items():
         proto.metadata_props.add(key=key, value=value)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -102,6 +105,26 @@ def _to_onnx(bundle: Bundle, opset: int) -> onnx.ModelProto:
             "value) and check that torch, onnx and onnxscript match constraints.txt."
         ) from None
     return program.model_proto
+
+
+def _int8_dynamic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """int8 weights for MatMul/Gemm, activations quantised per call (no calibration data)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The exporter's value_info annotations trip the quantizer's shape inference ("Inferred
+    # shape and existing shape differ"); without them it re-infers them cleanly.
+    del proto.graph.value_info[:]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process is for calibrated (static) runs
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(proto, plain)
+        try:
+            quantize_dynamic(plain, quantized, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        return onnx.load_model(quantized)
 
 
 @contextlib.contextmanager

@@ -36,21 +36,34 @@ class ParityReport:
     edge_cases: int
     max_abs_diff: float
     argmax_agreement: float
+    accuracy_drop: float  # torch's minus ONNX's accuracy on the labelled texts
+    quantized: bool  # the ONNX file is int8: the config's int8_* limits apply
     torch_p50_ms: float
     onnx_p50_ms: float
     config: ParityConfig
 
     @property
+    def limits(self) -> tuple[float, float]:
+        """(max |logit difference|, min argmax agreement) for this kind of export."""
+        cfg = self.config
+        if self.quantized:
+            return cfg.int8_max_abs_diff, cfg.int8_min_argmax_agreement
+        return cfg.max_abs_diff, cfg.min_argmax_agreement
+
+    @property
     def passed(self) -> bool:
-        return (self.max_abs_diff <= self.config.max_abs_diff
-                and self.argmax_agreement >= self.config.min_argmax_agreement)
+        max_diff, min_agreement = self.limits
+        return (self.max_abs_diff <= max_diff and self.argmax_agreement >= min_agreement
+                and self.accuracy_drop <= self.config.max_accuracy_drop)
 
     def metrics(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "edge_cases": self.edge_cases,
+            "quantized": self.quantized,
             "max_abs_diff": self.max_abs_diff,
             "argmax_agreement": round(self.argmax_agreement, 6),
+            "accuracy_drop": round(self.accuracy_drop, 6),
             "latency_ms": {"torch_p50": round(self.torch_p50_ms, 4),
                            "onnx_p50": round(self.onnx_p50_ms, 4)},
         }
@@ -58,14 +71,18 @@ class ParityReport:
     def raise_if_failed(self, onnx_path: Path | str = "models/model.onnx") -> None:
         if self.passed:
             return
-        cfg = self.config
+        max_diff, min_agreement = self.limits
+        prefix = "parity.int8_" if self.quantized else "parity."
         broken = []
-        if not self.max_abs_diff <= cfg.max_abs_diff:
-            broken.append(f"max_abs_diff {self.max_abs_diff:.3g} exceeds parity.max_abs_diff "
-                          f"{cfg.max_abs_diff:g}")
-        if self.argmax_agreement < cfg.min_argmax_agreement:
+        if not self.max_abs_diff <= max_diff:
+            broken.append(f"max_abs_diff {self.max_abs_diff:.3g} exceeds {prefix}max_abs_diff "
+                          f"{max_diff:g}")
+        if self.argmax_agreement < min_agreement:
             broken.append(f"argmax agreement {self.argmax_agreement:.4%} is below "
-                          f"parity.min_argmax_agreement {cfg.min_argmax_agreement:.4%}")
+                          f"{prefix}min_argmax_agreement {min_agreement:.4%}")
+        if self.accuracy_drop > self.config.max_accuracy_drop:
+            broken.append(f"accuracy drop {self.accuracy_drop:.2%} exceeds "
+                          f"parity.max_accuracy_drop {self.config.max_accuracy_drop:.2%}")
         raise TextclfError(
             f"parity: ONNX Runtime and PyTorch disagree on {self.rows} inputs (test split + "
             f"{self.edge_cases} edge cases): {'; '.join(broken)}. Most likely {onnx_path} does "
@@ -87,7 +104,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     tokens = load_split(paths.tokens, "test")
     texts = [all_texts[i] for i in tokens["rows"]]
 
-    report = check_parity(bundle, paths.onnx, texts, params.parity)
+    report = check_parity(bundle, paths.onnx, texts, params.parity, tokens["labels"])
     report.raise_if_failed(paths.onnx)
     predictor = Predictor(paths.onnx)
     skew = tokenization_skew(predictor, texts, tokens["ids"], load_vocab(paths.tokens),
@@ -98,8 +115,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
-                 cfg: ParityConfig) -> ParityReport:
-    """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` plus the edge cases."""
+                 cfg: ParityConfig, labels: np.ndarray | None = None) -> ParityReport:
+    """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` plus the edge cases.
+
+    With ``labels`` (one per text), also how much accuracy the ONNX model loses against torch.
+    """
     predictor = Predictor(onnx_path, providers=["CPUExecutionProvider"])
     _check_same_model(bundle, predictor, onnx_path)
     model = bundle.raw_id_model().float().eval()
@@ -107,6 +127,7 @@ def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
     inputs = [*texts, *edges]
 
     max_diff, agree = 0.0, 0
+    torch_pred, onnx_pred = [], []
     for start in range(0, len(inputs), cfg.batch_size):
         ids = predictor.encode(inputs[start:start + cfg.batch_size])
         expected = _torch_logits(model, ids)
@@ -115,11 +136,19 @@ def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
         # NaN must fail, and max() silently drops NaN.
         max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
         agree += int((expected.argmax(1) == got.argmax(1)).sum())
+        torch_pred.append(expected.argmax(1))
+        onnx_pred.append(got.argmax(1))
+    accuracy_drop = 0.0
+    if labels is not None and len(labels):
+        truth = np.asarray(labels)
+        accuracy_drop = float(np.mean(np.concatenate(torch_pred)[: len(truth)] == truth)
+                              - np.mean(np.concatenate(onnx_pred)[: len(truth)] == truth))
 
     torch_ms, onnx_ms = _latencies(model, predictor, inputs, cfg.latency_runs)
     return ParityReport(
         rows=len(inputs), edge_cases=len(edges), max_abs_diff=max_diff,
-        argmax_agreement=agree / len(inputs), torch_p50_ms=statistics.median(torch_ms),
+        argmax_agreement=agree / len(inputs), accuracy_drop=accuracy_drop,
+        quantized=predictor.quantized, torch_p50_ms=statistics.median(torch_ms),
         onnx_p50_ms=statistics.median(onnx_ms), config=cfg,
     )
 

@@ -77,6 +77,7 @@ class Predictor:
         self.path = path
         self.encoding_name = meta["encoding"]
         self.lowercase = meta.get("lowercase", "false") == "true"
+        self.quantized = meta.get("quantized", "none") == "int8"
         self.encoding = load_encoding(self.encoding_name)
         self.input_name = self.session.get_inputs()[0].name
 
