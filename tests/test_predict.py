@@ -69,6 +69,18 @@ def test_cli_scores_arguments_in_order(tiny_onnx: Path) -> None:
     assert [(r["line"], r["label"]) for r in lines] == [(1, "Sports"), (2, "Business")]
 
 
+def test_undecodable_arguments_get_the_same_error_record_as_stdin_lines(tiny_onnx: Path) -> None:
+    # Real argv bytes (a Latin-1 "é"): Python hands them over as lone surrogates.
+    done = subprocess.run(
+        [sys.executable, "-m", "textclf.cli", "predict", "-m", str(tiny_onnx),
+         b"caf\xe9 au lait", SPORTS], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    first, second = _lines(done.stdout.decode())
+    assert first == {"line": 1, "error": "invalid UTF-8 at byte 3: undecodable byte 0xe9"}
+    assert (second["line"], second["label"]) == (2, "Sports")
+    assert b"1 input(s) could not be decoded" in done.stderr
+
+
 def test_cli_reads_stdin_lines_with_empty_and_undecodable_ones(tiny_onnx: Path) -> None:
     data = f"{SPORTS}\n\n".encode() + b"caf\xe9 \xff\xfe broken\r\n" + f"{BUSINESS}\r\n".encode()
     result = CliRunner().invoke(app, ["predict", "-m", str(tiny_onnx), "--batch-size", "2"],
@@ -80,7 +92,7 @@ def test_cli_reads_stdin_lines_with_empty_and_undecodable_ones(tiny_onnx: Path) 
     assert lines[0]["label"] == "Sports" and lines[3]["label"] == "Business"
     assert lines[1]["empty"] is True and lines[1]["label"] in LABEL_NAMES
     assert set(lines[2]) == {"line", "error"} and "invalid UTF-8" in lines[2]["error"]
-    assert "1 input line(s) could not be decoded" in result.stderr
+    assert "1 input(s) could not be decoded" in result.stderr
 
 
 def test_cli_reads_a_file_in_batches_and_dash_means_stdin(tiny_onnx: Path,
@@ -243,7 +255,7 @@ def test_undecodable_lines_get_an_error_record_in_place(tiny_onnx: Path) -> None
             _assert_prediction(record)
     assert [lines[i]["label"] for i in (0, 3, 9)] == ["Sports", "Business", "Sports"]
     assert lines[5].get("empty") is True
-    assert "7 input line(s) could not be decoded" in result.stderr
+    assert "7 input(s) could not be decoded" in result.stderr
 
 
 def test_thousands_of_lines_from_a_file_come_back_one_each_in_order(tiny_onnx: Path,

@@ -8,7 +8,7 @@ Text goes through the same cleaning (`text.model_input`) and tokenization (`toke
 CLI contract (`run_cli`): one JSON line per input, in input order, streamed batch by batch:
   {"line": n, "label": name, "probabilities": {name: p, ...}}     (+ "empty": true when the
                                                                     cleaned text is empty)
-  {"line": n, "error": "invalid UTF-8 ..."}                          (that line is skipped)
+  {"line": n, "error": "invalid UTF-8 ..."}                          (that input is skipped)
 `line` counts inputs from 1. The exit status is 0 when every input got its JSON line, including
 per-line errors (a count goes to stderr); problems that stop the run (missing model, unreadable
 file) raise `TextclfError`, which the CLI turns into exit status 1.
@@ -135,7 +135,7 @@ def run_cli(texts: list[str], file: Path | None, model: Path, batch_size: int) -
     """Print one JSON line per input (see the module docstring); return the exit status."""
     predictor = Predictor(model)  # first, so a missing model fails before stdin is read
     if texts:
-        items: Iterable[Item] = ((n, t, None) for n, t in enumerate(texts, start=1))
+        items: Iterable[Item] = (_argument(n, t) for n, t in enumerate(texts, start=1))
         return _emit(predictor, items, batch_size)
     if file is not None and str(file) != "-":
         try:
@@ -162,6 +162,19 @@ def _read_lines(fh: BinaryIO) -> Iterator[Item]:
             yield n, None, f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
 
 
+def _argument(n: int, text: str) -> Item:
+    # Python keeps undecodable argv bytes as lone surrogates (U+DC80..U+DCFF): the same error
+    # record as an undecodable stdin line, rather than a score for replacement characters.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        at = len(text[: exc.start].encode("utf-8"))
+        byte = ord(text[exc.start]) - 0xDC00
+        reason = f"undecodable byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else exc.reason
+        return n, None, f"invalid UTF-8 at byte {at}: {reason}"
+    return n, text, None
+
+
 def _emit(predictor: Predictor, items: Iterable[Item], batch_size: int) -> int:
     out = sys.stdout
     errors = 0
@@ -186,6 +199,6 @@ def _emit(predictor: Predictor, items: Iterable[Item], batch_size: int) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return 0
     if errors:
-        print(f"textclf: {errors} input line(s) could not be decoded; see their \"error\" lines",
+        print(f"textclf: {errors} input(s) could not be decoded; see their \"error\" lines",
               file=sys.stderr)
     return 0
