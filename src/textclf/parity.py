@@ -126,8 +126,8 @@ def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
     edges = edge_cases(predictor)
     inputs = [*texts, *edges]
 
-    max_diff, agree = 0.0, 0
-    torch_pred, onnx_pred = [], []
+    max_diff = 0.0
+    torch_batches, onnx_batches = [], []
     for start in range(0, len(inputs), cfg.batch_size):
         ids = predictor.encode(inputs[start:start + cfg.batch_size])
         expected = _torch_logits(model, ids)
@@ -135,19 +135,19 @@ def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
         diff = float(np.abs(expected - got).max())
         # NaN must fail, and max() silently drops NaN.
         max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
-        agree += int((expected.argmax(1) == got.argmax(1)).sum())
-        torch_pred.append(expected.argmax(1))
-        onnx_pred.append(got.argmax(1))
+        torch_batches.append(expected.argmax(1))
+        onnx_batches.append(got.argmax(1))
+    torch_pred, onnx_pred = np.concatenate(torch_batches), np.concatenate(onnx_batches)
     accuracy_drop = 0.0
     if labels is not None and len(labels):
         truth = np.asarray(labels)
-        accuracy_drop = float(np.mean(np.concatenate(torch_pred)[: len(truth)] == truth)
-                              - np.mean(np.concatenate(onnx_pred)[: len(truth)] == truth))
+        accuracy_drop = float(np.mean(torch_pred[: len(truth)] == truth)
+                              - np.mean(onnx_pred[: len(truth)] == truth))
 
     torch_ms, onnx_ms = _latencies(model, predictor, inputs, cfg.latency_runs)
     return ParityReport(
         rows=len(inputs), edge_cases=len(edges), max_abs_diff=max_diff,
-        argmax_agreement=agree / len(inputs), accuracy_drop=accuracy_drop,
+        argmax_agreement=float(np.mean(torch_pred == onnx_pred)), accuracy_drop=accuracy_drop,
         quantized=predictor.quantized, torch_p50_ms=statistics.median(torch_ms),
         onnx_p50_ms=statistics.median(onnx_ms), config=cfg,
     )
