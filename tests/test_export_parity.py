@@ -133,6 +133,20 @@ def test_int8_export_is_smaller_says_so_and_is_held_to_the_int8_limits(
     assert report.passed, report.metrics()
 
 
+def test_a_failing_quantizer_names_the_param_and_leaves_no_file(
+        bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime.quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported op\nlong traceback detail")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", broken)
+    with pytest.raises(TextclfError, match=r"int8 quantisation failed: RuntimeError: "
+                                           r"unsupported op\. Set export\.quantize to false"):
+        export_onnx(bundle, tmp_path / "model.onnx", opset=18, quantize=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_accuracy_drop_beyond_the_limit_fails_parity_with_its_figures(
         bundle, tiny_onnx: Path, test_texts: list[str], test_labels: np.ndarray) -> None:
     cfg = tiny_params().parity

@@ -122,6 +122,13 @@ def _int8_dynamic(proto: onnx.ModelProto) -> onnx.ModelProto:
         onnx.save_model(proto, plain)
         try:
             quantize_dynamic(plain, quantized, weight_type=QuantType.QInt8)
+        except Exception as exc:  # the quantizer raises many unrelated types; all mean the same
+            raise TextclfError(
+                f"export: int8 quantisation failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Set export.quantize to false "
+                "in params.yaml (the fp32 export needs no quantizer), or check that onnx and "
+                "onnxruntime match constraints.txt."
+            ) from None
         finally:
             root.setLevel(level)
         return onnx.load_model(quantized)
