@@ -6,8 +6,9 @@ Times `tokenization.run` without its teacher (read parquet, split, encode, vocab
 save) on the real
 20k-train + 3.8k-test files in a temp project, median of repeats, and extrapolates linearly to
 the full 120k-row train split (stated as an extrapolation: the full file is not available here).
-Also compares, on the same texts, tiktoken's `encode_ordinary_batch` thread pool with a plain
-loop, which is what the stage uses, and `clean_text`'s shortcut with running every pass.
+Also compares, on the same texts, cleaning + encoding in forked worker processes (what the stage
+does) with one process, tiktoken's `encode_ordinary_batch` thread pool with a plain encode
+loop, and `clean_text`'s shortcut with running every pass.
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ def main() -> None:
     all_texts = texts["train"] + texts["test"]
     encoding = load_encoding(params.tokenize.encoding)
     max_length = params.tokenize.max_length
+    encoding_name = params.tokenize.encoding
     encoders = {
-        "plain_loop (used)": lambda: tokenization.encode(encoding, all_texts, max_length),
+        "clean+encode, forked workers (used)": lambda: tokenization.encode_corpus(
+            encoding_name, all_texts, max_length, lowercase=False),
+        "clean+encode, one process": lambda: tokenization.encode_corpus(
+            encoding_name, all_texts, max_length, lowercase=False, workers=1),
+        "plain_loop": lambda: tokenization.encode(encoding, all_texts, max_length),
         "encode_ordinary_batch_2_threads": lambda: encoding.encode_ordinary_batch(
             all_texts, num_threads=2),
         "encode_ordinary_batch_1_thread": lambda: encoding.encode_ordinary_batch(

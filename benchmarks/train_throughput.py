@@ -149,12 +149,12 @@ def main() -> None:
     texts, all_labels = real_texts("train")
     pick = np.random.default_rng(0).choice(len(texts), size=args.samples, replace=False)
     encoding = load_encoding("cl100k_base")
-    rows = tokenization.encode(encoding, [texts[i] for i in pick], SEQ)
+    flat, lengths = tokenization.encode_corpus("cl100k_base", [texts[i] for i in pick], SEQ,
+                                               lowercase=False)
     labels = np.array([all_labels[i] for i in pick], dtype=np.int64)
-    raw = tokenization.pad(rows, pad_id(encoding), width=SEQ)
-    kept = tokenization.build_vocab(rows, encoding.n_vocab, size=0, min_freq=1)
+    raw = tokenization.pad_flat(flat, lengths, pad_id(encoding), width=SEQ)
+    kept = tokenization.build_vocab(flat, encoding.n_vocab, size=0, min_freq=1)
     compact = tokenization.compact_map(kept, encoding.n_vocab, pad_id(encoding))[raw]
-    lengths = np.array([len(r) for r in rows])
     compact_rows = len(kept) + 2
 
     variants: dict[str, Callable[[], Callable[[], None]]] = {

@@ -75,8 +75,40 @@ def test_pad_and_truncate() -> None:
     assert tokenization.pad([[]], pad_value=7).shape == (1, 1)
 
 
+def test_ragged_helpers_agree_with_padding_the_lists() -> None:
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 50, rng.integers(0, 12)).tolist() for _ in range(300)]
+    flat = np.array([i for r in rows for i in r], dtype=np.int64)
+    lengths = np.array([len(r) for r in rows])
+    table = rng.permutation(50)
+    for width in (None, 1, 5, 12):
+        expected = np.full((len(rows), width or max(map(len, rows))), -1)
+        for i, r in enumerate(rows):
+            kept = table[r[:expected.shape[1]]]
+            expected[i, :len(kept)] = kept
+        got = tokenization.pad_flat(flat, lengths, -1, width, table=table)
+        assert (got == expected).all() and (tokenization.pad(rows, -1, width, table) == got).all()
+    picked = rng.permutation(len(rows))[:100]
+    sub_flat, sub_lengths = tokenization.take_rows(flat, lengths, picked)
+    assert sub_lengths.tolist() == [len(rows[i]) for i in picked]
+    assert sub_flat.tolist() == [t for i in picked for t in rows[i]]
+
+
+def test_encode_corpus_in_worker_processes_equals_one_process(monkeypatch) -> None:
+    texts = [f"Story {i}: shares of #39;Acme&lt;b&gt; rose {i % 97} points" * (1 + i % 4)
+             for i in range(1000)]
+    single = tokenization.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=1)
+    monkeypatch.setattr(tokenization, "_PARALLEL_MIN_TEXTS", 10)
+    forked = tokenization.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=3)
+    enc = load_encoding("cl100k_base")
+    expected = tokenization.encode(enc, [clean_text(t).lower() for t in texts], 16)
+    for flat, lengths in (single, forked):
+        assert lengths.tolist() == [len(r) for r in expected]
+        assert flat.tolist() == [i for r in expected for i in r]
+
+
 def test_vocab_keeps_train_ids_with_top_k_and_min_freq() -> None:
-    rows = [[5, 5, 5, 9], [9, 7], [3]]
+    rows = np.array([5, 5, 5, 9, 9, 7, 3])
     assert tokenization.build_vocab(rows, 20, size=0, min_freq=1).tolist() == [3, 5, 7, 9]
     assert tokenization.build_vocab(rows, 20, size=2, min_freq=1).tolist() == [5, 9]
     assert tokenization.build_vocab(rows, 20, size=0, min_freq=2).tolist() == [5, 9]
