@@ -7,9 +7,13 @@ the same real test texts through the same cleaning and tokenization (`Predictor.
 process, each engine timed over all the texts in a block of its own (ORT's worker threads spin
 briefly after each call and would slow an interleaved torch call), the blocks repeated in rounds
 so that a slow spell of the machine hits every engine; each figure is the median round.
+Both engines run the Predictor's own Python path (`EagerPredictor` swaps only the forward pass):
+at batch 1 text -> logits, at batch 256 `predict` (length-sorted chunks, one record per text).
 Reported: p50/p95 ms per text at batch 1, texts/s at batch 256, where a batch-1 call spends its
 time, and the ORT levers: graph optimisation level, intra-op threads, trimming vs padding to
-max_length, a new session per call, and int8 dynamic quantisation (with its accuracy).
+max_length, a new session per call, int8 dynamic quantisation (with its accuracy), and the
+graph without onnxruntime's fused kernels (`export.ort_fusions: false`), with and without ORT's
+own SkipLayerNormalization fusion (which the project's Predictor disables).
 """
 
 from __future__ import annotations
@@ -58,6 +62,19 @@ def options(level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_E
     return opts
 
 
+class EagerPredictor(Predictor):
+    """The Predictor's very Python path (cleaning, tokenization, length-sorted chunks, records)
+    with PyTorch eager doing the forward pass instead of ONNX Runtime."""
+
+    def __init__(self, base: Predictor, module: torch.nn.Module) -> None:
+        self.__dict__.update(base.__dict__)
+        self.module = module
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(ids)).numpy()
+
+
 def breakdown(predictor: Predictor, eager: torch.nn.Module, texts: list[str]) -> dict:
     """Where a batch-1 call spends its time: tokenization, each engine's forward, ORT's ops."""
     ids = [predictor.encode([t]) for t in texts]
@@ -92,6 +109,13 @@ def breakdown(predictor: Predictor, eager: torch.nn.Module, texts: list[str]) ->
     return out
 
 
+def _skiplayernorm_fused(path: Path) -> Predictor:
+    """A Predictor whose session, unlike the project's, lets ORT fuse SkipLayerNormalization."""
+    predictor = Predictor(path, ["CPUExecutionProvider"])
+    predictor.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return predictor
+
+
 def accuracy(predictor: Predictor, texts: list[str], labels: np.ndarray) -> float:
     predicted = np.concatenate([predictor.logits(predictor.encode(texts[i:i + 256])).argmax(1)
                                 for i in range(0, len(texts), 256)])
@@ -111,9 +135,7 @@ def main() -> None:
     bundle = load_bundle(args.model.with_suffix(".pt"))
     eager = bundle.raw_id_model().eval()
 
-    def torch_logits(batch: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            return eager(torch.from_numpy(ort_default.encode(batch))).numpy()
+    torch_engine = EagerPredictor(ort_default, eager)
 
     def padded_logits(predictor: Predictor) -> Callable[[str], object]:
         def run(text: str) -> object:
@@ -123,19 +145,30 @@ def main() -> None:
             return predictor.logits(ids)
         return run
 
-    # The same bundle exported as `export.quantize: true` does it, for the int8 lever.
+    # The same bundle exported as `export.quantize: true` and `export.ort_fusions: false` do it.
     workdir = tempfile.TemporaryDirectory()
     int8_path = Path(workdir.name) / "model.int8.onnx"
     export_onnx(bundle, int8_path, opset=18, quantize=True)
+    portable_path = Path(workdir.name) / "model.portable.onnx"
+    export_onnx(bundle, portable_path, opset=18, ort_fusions=False)
     predictors = {"ort": ort_default} | {
         name: Predictor(args.model, ["CPUExecutionProvider"], opts) for name, opts in {
             "ort_extended_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
             "ort_1_thread": options(threads=1),
             "ort_basic_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
             "ort_no_opt": options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-        }.items()} | {"ort_int8_dynamic": Predictor(int8_path, ["CPUExecutionProvider"])}
-    batch1: dict[str, Callable[[str], object]] = {"torch_eager": lambda t: torch_logits([t])}
-    batch1 |= {name: (lambda t, p=p: p.predict([t])) for name, p in predictors.items()}
+        }.items()} | {
+        "ort_int8_dynamic": Predictor(int8_path, ["CPUExecutionProvider"]),
+        "ort_int8_dynamic_1_thread": Predictor(int8_path, ["CPUExecutionProvider"],
+                                               options(threads=1)),
+        "ort_without_fusions": Predictor(portable_path, ["CPUExecutionProvider"]),
+        "ort_without_fusions_skiplayernorm": _skiplayernorm_fused(portable_path),
+    }
+    # Like for like: every engine goes text -> cleaned -> ids -> logits; `ort_predict_records`
+    # is the whole public `Predictor.predict` (softmax, label names, one dict per text) on top.
+    engines: dict[str, Predictor] = {"torch_eager": torch_engine} | predictors
+    batch1 = {name: (lambda t, p=p: p.logits(p.encode([t]))) for name, p in engines.items()}
+    batch1["ort_predict_records"] = lambda t: ort_default.predict([t])
     # Rounds over all engines in turn: a slow spell of this shared machine hits every engine
     # in one round, not one engine's whole measurement. Reported: the median round.
     per_round: dict[str, list[dict[str, float]]] = {name: [] for name in batch1}
@@ -145,8 +178,7 @@ def main() -> None:
     results: dict[str, dict] = {
         name: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
         for name, rounds in per_round.items()}
-    results["torch_eager"]["batch256_texts_per_s"] = throughput(torch_logits, test_texts)
-    for name, predictor in predictors.items():
+    for name, predictor in engines.items():
         results[name]["batch256_texts_per_s"] = throughput(predictor.predict, test_texts)
     results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
     results["breakdown_batch1"] = breakdown(ort_default, eager, texts)
@@ -166,6 +198,8 @@ def main() -> None:
     }
     results["ort"]["test_accuracy"] = accuracy(ort_default, test_texts, labels)
     results["ort"]["bytes"] = args.model.stat().st_size
+    results["ort"]["ort_fusions"] = ort_default.session.get_modelmeta().custom_metadata_map.get(
+        "ort_fusions", "false")
     workdir.cleanup()
 
     save("serving_latency", {
@@ -175,6 +209,8 @@ def main() -> None:
                                           / results["ort"]["p50_ms"]),
         "ratio_ort_vs_eager_batch256": (results["ort"]["batch256_texts_per_s"]
                                         / results["torch_eager"]["batch256_texts_per_s"]),
+        "ratio_ort_int8_vs_eager_p50_batch1": (results["torch_eager"]["p50_ms"]
+                                               / results["ort_int8_dynamic"]["p50_ms"]),
     })
 
 

@@ -23,6 +23,7 @@ from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.export import export_onnx
 from textclf.model import load_bundle
+from textclf.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_export_is_valid_self_contained_and_self_describing(tiny_onnx: Path, bun
     assert int(meta["max_length"]) == bundle.tokenizer.max_length
     assert int(meta["pad_id"]) == bundle.tokenizer.pad_id == 100257
     assert int(meta["n_vocab"]) == bundle.tokenizer.n_vocab
-    assert meta["quantized"] == "none"
+    assert meta["quantized"] == "none" and meta["ort_fusions"] == "true"
     assert meta["package_version"] == textclf.__version__
 
     (inp,), (out,) = model.graph.input, model.graph.output
@@ -88,6 +89,56 @@ def test_onnx_matches_torch_for_any_batch_and_length(bundle, session, batch: int
     (got,) = session.run(None, {"input_ids": ids})
     assert got.shape == (batch, len(LABEL_NAMES)) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_fused_graph_has_one_attention_kernel_per_block_and_portable_graph_none(
+        bundle, tiny_onnx: Path, tmp_path: Path, test_texts: list[str]) -> None:
+    fused = onnx.load(tiny_onnx)
+    ops = [(n.domain, n.op_type) for n in fused.graph.node]
+    blocks = bundle.model.cfg.n_layers
+    assert ops.count(("com.microsoft", "Attention")) == blocks
+    assert ops.count(("com.microsoft", "BiasGelu")) == blocks
+    assert not {"Softmax", "Transpose", "Erf"} & {op for _, op in ops}  # all inside the kernels
+
+    portable = tmp_path / "portable.onnx"
+    export_onnx(bundle, portable, opset=18, ort_fusions=False)
+    plain = onnx.load(portable)
+    assert {n.domain for n in plain.graph.node} == {""}  # standard ONNX ops only
+    assert {p.key: p.value for p in plain.metadata_props}["ort_fusions"] == "false"
+    assert len(plain.graph.node) > 2 * len(fused.graph.node)
+    report = parity.check_parity(bundle, portable, test_texts, tiny_params().parity)
+    assert report.passed and report.max_abs_diff < 1e-4
+
+
+def test_predictor_keeps_ort_from_fusing_add_and_layernorm(bundle, tmp_path: Path) -> None:
+    # SkipLayerNormalization is slower on CPU than Add + LayerNormalization at these shapes
+    # (ort_fusion.py); ORT's default session fuses them where it can, the Predictor's must not.
+    model = tmp_path / "portable.onnx"
+    export_onnx(bundle, model, opset=18, ort_fusions=False)
+
+    def optimized_ops(path: Path, make) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(path)
+        make(options)
+        return {n.op_type for n in onnx.load(path).graph.node}
+
+    default = optimized_ops(tmp_path / "default.onnx", lambda o: ort.InferenceSession(
+        str(model), o, providers=["CPUExecutionProvider"]))
+    served = optimized_ops(tmp_path / "served.onnx", lambda o: Predictor(
+        model, ["CPUExecutionProvider"], o))
+    assert "SkipLayerNormalization" in default
+    assert "SkipLayerNormalization" not in served and "LayerNormalization" in served
+
+
+def test_an_unmatched_fusion_names_the_param(bundle, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from textclf import ort_fusion
+
+    monkeypatch.setattr(ort_fusion, "_pack_attention", lambda model: 0)
+    with pytest.raises(TextclfError, match=r"\{'packed attention': 0\} times, not once per "
+                                           r"block .* Set export\.ort_fusions to false"):
+        export_onnx(bundle, tmp_path / "model.onnx", opset=18)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_replaces_the_file_and_leaves_nothing_else(bundle, tmp_path: Path,

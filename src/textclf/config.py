@@ -198,6 +198,8 @@ class ExportConfig:
     # int8 dynamic quantisation of the weights (onnxruntime.quantization): a ~3.5x smaller file;
     # parity then checks it with its int8_* limits and max_accuracy_drop.
     quantize: bool = False
+    # onnxruntime's fused attention/GELU kernels (ort_fusion.py): faster, but onnxruntime-only.
+    ort_fusions: bool = True
 
     def check(self, section: str) -> None:
         check(self.opset >= 17, f"{section}.opset", ">= 17", self.opset)

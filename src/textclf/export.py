@@ -4,7 +4,8 @@ Reads  models/model.pt
 Writes models/model.onnx  (input `input_ids` int64 [batch, seq] raw tiktoken ids, right-padded
                            with pad_id, seq <= max_length; output `logits` float32 [batch, K];
                            metadata: label_names, encoding, max_length, pad_id, n_vocab,
-                           lowercase, quantized ("none" or "int8"), package_version)
+                           lowercase, quantized ("none" or "int8"), ort_fusions ("true":
+                           com.microsoft ops, onnxruntime only), package_version)
 
 The graph is `Bundle.raw_id_model()`, so the compact-vocabulary map travels inside the file and
 a client needs only tiktoken and onnxruntime. It is exported with the torch.export-based
@@ -30,6 +31,7 @@ from textclf.atomic import atomic_path
 from textclf.config import Params, Paths
 from textclf.errors import TextclfError
 from textclf.model import Bundle, load_bundle
+from textclf.ort_fusion import fuse_for_ort
 
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "logits"
@@ -39,17 +41,23 @@ _PROTOBUF_LIMIT = 2**31
 
 def run(params: Params, paths: Paths) -> dict[str, object]:
     bundle = load_bundle(paths.model)
-    export_onnx(bundle, paths.onnx, params.export.opset, params.export.quantize)
-    return {"onnx": str(paths.onnx), "bytes": paths.onnx.stat().st_size,
-            "opset": params.export.opset, "quantized": params.export.quantize}
+    cfg = params.export
+    export_onnx(bundle, paths.onnx, cfg.opset, cfg.quantize, cfg.ort_fusions)
+    return {"onnx": str(paths.onnx), "bytes": paths.onnx.stat().st_size, "opset": cfg.opset,
+            "quantized": cfg.quantize, "ort_fusions": cfg.ort_fusions}
 
 
-def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool = False) -> None:
+def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool = False,
+                ort_fusions: bool = True) -> None:
     """Export ``bundle`` to ``target`` atomically as one checked, self-contained ONNX file."""
     proto = _to_onnx(bundle, opset)
+    if ort_fusions:
+        proto = fuse_for_ort(proto, bundle.model.cfg.n_layers)
     if quantize:
         proto = _int8_dynamic(proto)
-    for key, value in {**metadata(bundle), "quantized": "int8" if quantize else "none"}.items():
+    described = {**metadata(bundle), "quantized": "int8" if quantize else "none",
+                 "ort_fusions": "true" if ort_fusions else "false"}
+    for key, value in described.items():
         proto.metadata_props.add(key=key, value=value)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -121,7 +129,10 @@ def _int8_dynamic(proto: onnx.ModelProto) -> onnx.ModelProto:
         plain, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, plain)
         try:
-            quantize_dynamic(plain, quantized, weight_type=QuantType.QInt8)
+            # The fused graph's com.microsoft ops are opaque to ONNX shape inference; their
+            # outputs are float activations.
+            quantize_dynamic(plain, quantized, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         except Exception as exc:  # the quantizer raises many unrelated types; all mean the same
             raise TextclfError(
                 f"export: int8 quantisation failed: {type(exc).__name__}: "

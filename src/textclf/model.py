@@ -145,14 +145,14 @@ class RawIdClassifier(nn.Module):
     def __init__(self, model: TextClassifier, id_map: torch.Tensor) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("id_map", id_map)
+        # One extra "unknown" row at the end: clamping any id to [-1, n] then lands every id
+        # outside the table (another encoding's, or negative) on it, never out of range, in
+        # two graph ops (Clip, Gather) instead of a range test and a select.
+        self.register_buffer("id_map", torch.cat([id_map, id_map.new_tensor([UNK_ROW])]))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        n = self.id_map.shape[0]
-        # Ids outside the table (another encoding's) are unknown, never an out-of-range gather.
-        inside = (input_ids >= 0) & (input_ids < n)
-        compact = self.id_map[input_ids.clamp(0, n - 1)]
-        return self.model(torch.where(inside, compact, torch.full_like(compact, UNK_ROW)))
+        n = self.id_map.shape[0] - 1  # the tokenizer's id range
+        return self.model(self.id_map[input_ids.clamp(-1, n)])
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     tokens = load_split(paths.tokens, "test")
     texts = [all_texts[i] for i in tokens["rows"]]
 
-    report = check_parity(bundle, paths.onnx, texts, params.parity, tokens["labels"])
+    predictor = Predictor(paths.onnx, providers=["CPUExecutionProvider"])
+    report = check_parity(bundle, predictor, texts, params.parity, tokens["labels"])
     report.raise_if_failed(paths.onnx)
-    predictor = Predictor(paths.onnx)
     skew = tokenization_skew(predictor, texts, tokens["ids"], load_vocab(paths.tokens),
                              params.parity.batch_size)
     metrics = {**report.metrics(), "serving_token_mismatch_rows": skew}
@@ -114,14 +114,16 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     return metrics
 
 
-def check_parity(bundle: Bundle, onnx_path: Path | str, texts: Sequence[str],
+def check_parity(bundle: Bundle, onnx: Predictor | Path | str, texts: Sequence[str],
                  cfg: ParityConfig, labels: np.ndarray | None = None) -> ParityReport:
     """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` plus the edge cases.
 
-    With ``labels`` (one per text), also how much accuracy the ONNX model loses against torch.
+    ``onnx`` is a model file (opened on the CPU) or an open Predictor. With ``labels`` (one per
+    text), also how much accuracy the ONNX model loses against torch.
     """
-    predictor = Predictor(onnx_path, providers=["CPUExecutionProvider"])
-    _check_same_model(bundle, predictor, onnx_path)
+    predictor = (onnx if isinstance(onnx, Predictor)
+                 else Predictor(onnx, providers=["CPUExecutionProvider"]))
+    _check_same_model(bundle, predictor, predictor.path)
     model = bundle.raw_id_model().float().eval()
     edges = edge_cases(predictor)
     inputs = [*texts, *edges]

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from textclf.errors import TextclfError
+from textclf.ort_fusion import SLOW_ORT_FUSIONS
 from textclf.text import model_input
 from textclf.tokenization import encode, pad
 from textclf.tokenizer import load_encoding
@@ -52,7 +53,8 @@ class Predictor:
                          if p in available]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=list(providers))
+                                                providers=list(providers),
+                                                disabled_optimizers=list(SLOW_ORT_FUSIONS))
         except Exception as exc:  # ORT's pybind errors share no useful base class
             raise TextclfError(
                 f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]}). It may be "
