@@ -136,6 +136,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     vocab = load_vocab(paths.tokens)
     train_split, val_split = load_split(paths.tokens, "train"), load_split(paths.tokens, "val")
+    teacher_probs = soft_labels(train_split, cfg)
     model = TextClassifier(params.model, vocab_rows=len(vocab["raw_ids"]) + 2,
                            num_labels=len(vocab["label_names"]),
                            max_length=vocab["max_length"]).to(precision.device)
@@ -176,7 +177,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         for index in _progress(batches, epoch, cfg.epochs):
             ids, labels = trimmed(train_split, index, precision.device)
             ids = drop_tokens(ids, cfg.token_dropout)
-            teacher = soft_labels(train_split, index, precision.device, cfg)
+            teacher = (torch.from_numpy(teacher_probs[index]).to(precision.device)
+                       if teacher_probs is not None else None)
             loss = train_step(model, ids, labels, optimizer, scaler, precision, cfg, teacher)
             scheduler.step()
             if ema is not None:
@@ -273,8 +275,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainCo
     return (1 - cfg.distill_weight) * hard + cfg.distill_weight * soft
 
 
-def soft_labels(split: dict[str, np.ndarray], index: np.ndarray, device: torch.device,
-                cfg: TrainConfig) -> torch.Tensor | None:
+def soft_labels(split: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray | None:
+    """The teacher's (N, K) probabilities when distilling; checked before any step is taken."""
     if cfg.distill_weight == 0:
         return None
     if "teacher" not in split:
@@ -283,7 +285,7 @@ def soft_labels(split: dict[str, np.ndarray], index: np.ndarray, device: torch.d
             "Set tokenize.teacher_folds >= 2 (and re-run `dvc repro`), or set "
             "train.distill_weight to 0."
         )
-    return torch.from_numpy(split["teacher"][index]).to(device)
+    return split["teacher"]
 
 
 def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np.ndarray]:
