@@ -1,16 +1,16 @@
 """ONNX Runtime's fused transformer kernels for the exported graph (`export.ort_fusions`).
 
-At batch 1 this model's ~110 standard ONNX ops cost more in per-op work than in arithmetic:
-each attention block alone is a MatMul, an Add, a Split, Reshapes, Transposes, two MatMuls, a
-Softmax and a masked bias. Rewritten, every block is one com.microsoft `Attention` (QKV
+At batch 1 most of this model's time goes to the ~110 small standard ONNX ops around its matrix
+products: each attention block alone is a MatMul, an Add, a Split, Reshapes, Transposes, two
+MatMuls, a Softmax and a masked bias. Rewritten, every block is one com.microsoft `Attention` (QKV
 projection, masking and attention in one kernel), a MatMul + Add, two LayerNormalizations and
 a `BiasGelu` feed-forward: ~45 ops in all. ORT-only ops, so the file then needs onnxruntime
 (any execution provider with these kernels: CPU and CUDA have them).
 
-Not fused on purpose: `SkipLayerNormalization` (Add + LayerNormalization). Its CPU kernel was
-measured ~4x slower than the two ops it replaces on this model's shapes, and ORT's own
-`SkipLayerNormFusion` is disabled by `predict.Predictor` for the same reason
-(benchmarks/results/serving_latency.json).
+Not fused on purpose: `SkipLayerNormalization` (Add + LayerNormalization). On this CPU its kernel
+took ~40 us where Add + LayerNormalization took ~5 us at these shapes (a side run), and the
+whole model was slower with it (benchmarks/serving_latency.py: `ort_without_fusions` vs
+`..._skiplayernorm`); `predict.Predictor` therefore also disables ORT's own `SkipLayerNormFusion`.
 
 Pattern rewriting is onnxscript's (the exporter's own library); only the last step, packing
 Q, K and V into one `Attention`, is done here, on the exact subgraph the first steps leave.
