@@ -6,14 +6,15 @@ Needs a pipeline run first (`dvc repro`: models/model.pt and models/model.onnx).
 the same real test texts through the same cleaning and tokenization (`Predictor.encode`), one
 process, each engine timed over all the texts in a block of its own (ORT's worker threads spin
 briefly after each call and would slow an interleaved torch call), the blocks repeated in rounds
-so that a slow spell of the machine hits every engine; each figure is the median round.
+so that a slow spell of the machine hits every engine; each figure (batch 1 and batch 256) is
+the median round.
 Both engines run the Predictor's own Python path (`EagerPredictor` swaps only the forward pass):
 at batch 1 text -> logits, at batch 256 `predict` (length-sorted chunks, one record per text).
 Reported: p50/p95 ms per text at batch 1, texts/s at batch 256, where a batch-1 call spends its
 time, and the ORT levers: graph optimisation level, intra-op threads, trimming vs padding to
 max_length, a new session per call, int8 dynamic quantisation (with its accuracy), and the
-graph without onnxruntime's fused kernels (`export.ort_fusions: false`), with and without ORT's
-own SkipLayerNormalization fusion (which the project's Predictor disables).
+graph without onnxruntime's fused kernels (`export.ort_fusions: false`); the portable and the
+int8 graphs also with ORT's own SkipLayerNormalization fusion, which the Predictor disables.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def main() -> None:
                                                options(threads=1)),
         "ort_without_fusions": Predictor(portable_path, ["CPUExecutionProvider"]),
         "ort_without_fusions_skiplayernorm": _skiplayernorm_fused(portable_path),
+        "ort_int8_dynamic_skiplayernorm": _skiplayernorm_fused(int8_path),
     }
     # Like for like: every engine goes text -> cleaned -> ids -> logits; `ort_predict_records`
     # is the whole public `Predictor.predict` (softmax, label names, one dict per text) on top.
@@ -175,11 +177,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in batch1.items():
             per_round[name].append(latencies(fn, texts))
+            if name in engines:
+                per_round[name][-1]["batch256_texts_per_s"] = throughput(engines[name].predict,
+                                                                         test_texts)
     results: dict[str, dict] = {
         name: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
         for name, rounds in per_round.items()}
-    for name, predictor in engines.items():
-        results[name]["batch256_texts_per_s"] = throughput(predictor.predict, test_texts)
     results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
     results["breakdown_batch1"] = breakdown(ort_default, eager, texts)
     results["ort_new_session_per_call"] = latencies(

@@ -88,6 +88,8 @@ def test_ragged_helpers_agree_with_padding_the_lists() -> None:
             expected[i, :len(kept)] = kept
         got = tokenization.pad_flat(flat, lengths, -1, width, table=table)
         assert (got == expected).all() and (tokenization.pad(rows, -1, width, table) == got).all()
+        few = tokenization.pad(rows[:3], -1, width, table)  # the row-loop path
+        assert (few == got[:3, :few.shape[1]]).all() and (got[:3, few.shape[1]:] == -1).all()
     picked = rng.permutation(len(rows))[:100]
     sub_flat, sub_lengths = tokenization.take_rows(flat, lengths, picked)
     assert sub_lengths.tolist() == [len(rows[i]) for i in picked]

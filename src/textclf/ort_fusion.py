@@ -9,8 +9,8 @@ a `BiasGelu` feed-forward: ~45 ops in all. ORT-only ops, so the file then needs 
 
 Not fused on purpose: `SkipLayerNormalization` (Add + LayerNormalization). On this CPU its kernel
 took ~40 us where Add + LayerNormalization took ~5 us at these shapes (a side run), and the
-whole model was slower with it (benchmarks/serving_latency.py: `ort_without_fusions` vs
-`..._skiplayernorm`); `predict.Predictor` therefore also disables ORT's own `SkipLayerNormFusion`.
+whole model was 2-4% slower where ORT fused one itself (benchmarks/serving_latency.py,
+`..._skiplayernorm` rows); `predict.Predictor` therefore disables ORT's `SkipLayerNormFusion`.
 
 Pattern rewriting is onnxscript's (the exporter's own library); only the last step, packing
 Q, K and V into one `Attention`, is done here, on the exact subgraph the first steps leave.

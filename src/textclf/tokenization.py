@@ -84,7 +84,17 @@ def pad(rows: Sequence[Sequence[int]], pad_value: int, width: int | None = None,
 
     With ``table``, every id is looked up in it first (raw -> compact ids).
     """
-    return pad_flat(*flatten(rows), pad_value, width, table, dtype)
+    if len(rows) > _FEW_ROWS:
+        return pad_flat(*flatten(rows), pad_value, width, table, dtype)
+    # A few rows (serving one text at a time): a row loop costs a quarter of the array
+    # operations' fixed overhead (7 us vs 27 us for one text, the same at 32 rows).
+    if width is None:
+        width = max(1, max(map(len, rows), default=0))
+    out = np.full((len(rows), width), pad_value, dtype=dtype)
+    for i, row in enumerate(rows):
+        kept = row[:width]
+        out[i, :len(kept)] = table[kept] if table is not None else kept
+    return out
 
 
 def flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -232,6 +242,8 @@ def load_vocab(tokens_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# Up to this many rows, `pad` fills row by row instead of through `pad_flat`.
+_FEW_ROWS = 16
 # Below this many texts, starting a worker process costs more than it saves.
 _PARALLEL_MIN_TEXTS = 4096
 
