@@ -91,6 +91,18 @@ def test_onnx_matches_torch_for_any_batch_and_length(bundle, session, batch: int
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+def test_ids_outside_the_tokenizer_read_as_unknown_and_known_ids_as_their_row(bundle) -> None:
+    from textclf.model import UNK_ROW, RawIdClassifier
+
+    n_vocab = bundle.tokenizer.n_vocab
+    # Every id in range maps to row 2, so only the out-of-range handling can yield UNK_ROW.
+    raw = RawIdClassifier(bundle.model, torch.full((n_vocab,), 2, dtype=torch.int64)).eval()
+    ids = torch.tensor([[0, n_vocab - 1, -5, -1, n_vocab, n_vocab + 10]])
+    expected = torch.tensor([[2, 2] + [UNK_ROW] * 4])
+    with torch.inference_mode():
+        torch.testing.assert_close(raw(ids), bundle.model.eval()(expected), rtol=0, atol=0)
+
+
 def test_fused_graph_has_one_attention_kernel_per_block_and_portable_graph_none(
         bundle, tiny_onnx: Path, tmp_path: Path, test_texts: list[str]) -> None:
     fused = onnx.load(tiny_onnx)
