@@ -146,8 +146,8 @@ class RawIdClassifier(nn.Module):
         super().__init__()
         self.model = model
         # One extra "unknown" row at the end: clamping any id to [-1, n] then lands every id
-        # outside the table (another encoding's, or negative) on it, never out of range, in
-        # two graph ops (Clip, Gather) instead of a range test and a select.
+        # outside the table (another encoding's, or negative) on it, never out of range: a clip
+        # and a gather in the graph instead of range tests and a select (3 ONNX ops, not 9).
         self.register_buffer("id_map", torch.cat([id_map, id_map.new_tensor([UNK_ROW])]))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
