@@ -30,8 +30,8 @@ from common import median_of, real_texts, save, timed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from textclf import batching, tokenization, train
 from textclf import model as model_module
-from textclf import tokenization, train
 from textclf.config import ModelConfig, TrainConfig
 from textclf.model import TextClassifier
 from textclf.tokenizer import load_encoding, pad_id
@@ -109,12 +109,12 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
     ema = AveragedModel(model, multi_avg_fn=train.ema_update(0.998)) if average_weights else None
     split = {"ids": compact, "lengths": lengths if trim else np.full_like(lengths, SEQ),
              "labels": labels}
-    batches = train.bucketed_batches(split["lengths"], BATCH, torch.Generator().manual_seed(0))
+    batches = batching.bucketed_batches(split["lengths"], BATCH, torch.Generator().manual_seed(0))
 
     def one_pass() -> None:
         step_model.train()
         for index in batches:
-            ids, y = train.trimmed(split, index, resolved.device)
+            ids, y = batching.trimmed(split, index, resolved.device)
             train.train_step(step_model, ids, y, optimizer, scaler, resolved, cfg)
             if ema is not None:
                 ema.update_parameters(model)

@@ -236,10 +236,13 @@ def test_parity_stage_writes_metrics_and_finds_no_tokenization_skew(
         tiny_model_project: Paths, tiny_onnx: Path) -> None:
     metrics = parity.run(tiny_params(), tiny_model_project)
     written = json.loads((tiny_model_project.metrics / "parity.json").read_text())
-    assert written == metrics
     assert written["max_abs_diff"] < 1e-4 and written["argmax_agreement"] == 1.0
     assert written["serving_token_mismatch_rows"] == 0
-    assert set(written["latency_ms"]) == {"torch_p50", "onnx_p50"}
+    # Latency differs between identical runs: beside the metrics, not in them.
+    latency = json.loads((tiny_model_project.runtime / "parity.json").read_text())
+    assert written == {k: v for k, v in metrics.items() if k != "latency"}
+    assert latency == metrics["latency"] and set(latency) == {"torch_p50_ms", "onnx_p50_ms"}
+    assert min(latency.values()) > 0
 
 
 def _project_with_onnx(source: Paths, root: Path, model: onnx.ModelProto) -> Paths:

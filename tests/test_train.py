@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import LABEL_NAMES
 from tests.helpers import small_params, write_validated
-from textclf import checkpoint, tokenization, train
+from textclf import batching, checkpoint, tokenization, train
 from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.model import load_bundle
@@ -52,6 +52,11 @@ def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
     assert metrics["best/val_acc"] == summary["best_val_acc"]
     curve = (tokens_root / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
     assert curve[0] == "step\tacc" and len(curve) == 1 + summary["epochs_run"]
+    # Speed differs between identical runs: it goes beside the metrics, not into them.
+    assert not any("samples_per_s" in key or key == "resumed" for key in metrics)
+    runtime = json.loads((tokens_root / "metrics" / "runtime" / "train.json").read_text())
+    assert runtime["resumed"] is False
+    assert len(runtime["samples_per_s"]) == 3 and min(runtime["samples_per_s"]) > 0
 
 
 def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
@@ -107,9 +112,26 @@ def test_checkpoint_of_another_config_is_not_resumed(tokens_root) -> None:
     assert summary["resumed"] is False
 
 
+def test_checkpoint_of_other_training_code_is_not_resumed(tokens_root, tmp_path,
+                                                          monkeypatch) -> None:
+    _train(tokens_root, train={"epochs": 1})
+    assert _train(tokens_root, train={"epochs": 1})["resumed"] is True
+    # The same run after an edit to the model code: a copy of the code with one line changed.
+    edited = [tmp_path / path.name for path in train.TRAINING_CODE]
+    for source, copy in zip(train.TRAINING_CODE, edited, strict=True):
+        copy.write_bytes(source.read_bytes())
+    with edited[-1].open("a") as fh:
+        fh.write("# edited\n")
+    monkeypatch.setattr(train, "TRAINING_CODE", tuple(edited))
+    summary = _train(tokens_root, train={"epochs": 1})
+    assert summary["resumed"] is False
+    runtime = json.loads((tokens_root / "metrics" / "runtime" / "train.json").read_text())
+    assert runtime["resumed"] is False
+
+
 def test_bucketed_batches_cover_every_row_once() -> None:
     lengths = np.random.default_rng(0).integers(1, 50, size=1000)
-    batches = train.bucketed_batches(lengths, 32, torch.Generator().manual_seed(1))
+    batches = batching.bucketed_batches(lengths, 32, torch.Generator().manual_seed(1))
     counts = collections.Counter(np.concatenate(batches).tolist())
     assert sorted(counts) == list(range(1000)) and set(counts.values()) == {1}
     # Sorting within buckets keeps each batch's lengths close together.

@@ -1,8 +1,8 @@
 """The training run's resume point: models/checkpoint/last.pt, written after every epoch.
 
-Not a pipeline output: a local cache that `train` reads only when its fingerprint (configs +
-token files) matches the run at hand, so a killed `dvc repro` resumes and a changed experiment
-starts over. It holds the optimiser, scheduler and scaler states and the RNG, so the resumed run
+Not a pipeline output: a local cache that `train` reads only when its fingerprint (configs,
+token files and the training code) matches the run at hand, so a killed `dvc repro` resumes and
+a changed experiment, or changed code, starts over. It holds the optimiser, scheduler and scaler states and the RNG, so the resumed run
 ends exactly where an uninterrupted one would.
 """
 

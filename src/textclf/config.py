@@ -299,3 +299,9 @@ class Paths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics"
+
+    @property
+    def runtime(self) -> Path:
+        # How a run went (speed, resumed or not): differs between identical runs, so it is
+        # kept out of the metrics files that `dvc metrics diff` compares.
+        return self.root / "metrics" / "runtime"

@@ -64,9 +64,11 @@ class ParityReport:
             "max_abs_diff": self.max_abs_diff,
             "argmax_agreement": round(self.argmax_agreement, 6),
             "accuracy_drop": round(self.accuracy_drop, 6),
-            "latency_ms": {"torch_p50": round(self.torch_p50_ms, 4),
-                           "onnx_p50": round(self.onnx_p50_ms, 4)},
         }
+
+    def latency(self) -> dict[str, float]:
+        return {"torch_p50_ms": round(self.torch_p50_ms, 4),
+                "onnx_p50_ms": round(self.onnx_p50_ms, 4)}
 
     def raise_if_failed(self, onnx_path: Path | str = "models/model.onnx") -> None:
         if self.passed:
@@ -111,7 +113,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                              params.parity.batch_size)
     metrics = {**report.metrics(), "serving_token_mismatch_rows": skew}
     write_json(paths.metrics / "parity.json", metrics)
-    return metrics
+    write_json(paths.runtime / "parity.json", report.latency())
+    return {**metrics, "latency": report.latency()}
 
 
 def check_parity(bundle: Bundle, onnx: Predictor | Path | str, texts: Sequence[str],

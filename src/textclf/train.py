@@ -5,8 +5,9 @@ where bf16 autocast was measured 2x slower for models of this size even with nat
 (benchmarks/results/train_throughput.json); `bf16` asks for it anyway. Batches are
 length-bucketed and trimmed to their longest real sequence, so padding to max_length costs
 nothing here. The model is selected on the validation split only. A checkpoint is written
-after every epoch (checkpoint.py); a re-run with the same config and data resumes from it and
-ends exactly where an uninterrupted run would.
+after every epoch (checkpoint.py); a re-run with the same config, data and training code resumes
+from it and ends exactly where an uninterrupted run would. Speed and whether the run resumed go
+to metrics/runtime/train.json, not to the metrics `dvc metrics diff` compares.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from textclf import __version__
+from textclf.atomic import write_json
+from textclf.batching import bucketed_batches, trimmed
 from textclf.checkpoint import TrainState
 from textclf.config import Params, Paths, TrainConfig
 from textclf.errors import TextclfError
@@ -39,7 +43,10 @@ from textclf.model import (
 )
 from textclf.tokenization import load_split, load_vocab
 
-BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
+# The code that decides the weights (the train stage's deps in dvc.yaml): once it changes, a
+# finished checkpoint of the old code must not be resumed as if it were this run.
+TRAINING_CODE = tuple(Path(__file__).with_name(name)
+                      for name in ("train.py", "batching.py", "model.py", "checkpoint.py"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,31 +78,6 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
     return Precision(device=device, dtype=dtype, scaled=choice == "fp16")
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
-                     shuffle: bool = True) -> list[np.ndarray]:
-    """Index batches of similar length: shuffle, sort within buckets, shuffle the batches."""
-    n = len(lengths)
-    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
-    bucket = batch_size * BUCKET_BATCHES
-    batches = []
-    for start in range(0, n, bucket):
-        chunk = order[start:start + bucket]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    if shuffle:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-    return batches
-
-
-def trimmed(split: dict[str, np.ndarray], index: np.ndarray,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch cut to its longest real sequence: (ids (B, T), labels (B,))."""
-    width = max(1, int(split["lengths"][index].max()))
-    ids = torch.from_numpy(split["ids"][index, :width].astype(np.int64))
-    labels = torch.from_numpy(split["labels"][index])
-    return ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-
 def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_frac`` at the last step."""
     if step < warmup:
@@ -114,12 +96,13 @@ def evaluate_split(model: TextClassifier, split: dict[str, np.ndarray], batch_si
 
 
 def fingerprint(params: Params, paths: Paths) -> str:
-    """Identity of a training run: configs + the exact token files. Resume only on a match."""
+    """Identity of a training run: configs, the exact token files and the training code."""
     digest = hashlib.sha256()
     for cfg in (params.model, params.train):
         digest.update(repr(dataclasses.asdict(cfg)).encode())
-    for name in ("train.npz", "val.npz", "vocab.json"):
-        digest.update((paths.tokens / name).read_bytes())
+    for path in (*(paths.tokens / n for n in ("train.npz", "val.npz", "vocab.json")),
+                 *TRAINING_CODE):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -199,11 +182,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         state.save(ckpt_path, model, optimizer, scheduler, scaler, ema)
 
     best = state.best_row or {}
-    live.summary.update({f"best/{k}": v for k, v in best.items() if k != "lr"})
-    live.summary.update({"epochs_run": len(state.history), "resumed": resumed,
+    live.summary.update({f"best/{k}": v for k, v in best.items()
+                         if k not in ("lr", "samples_per_s")})
+    live.summary.update({"epochs_run": len(state.history),
                          "precision": str(precision.dtype or "fp32").replace("torch.", ""),
                          "device": precision.device.type})
     live.end()
+    write_json(paths.runtime / "train.json", {
+        "resumed": resumed, "samples_per_s": [row["samples_per_s"] for row in state.history]})
 
     model.load_state_dict(state.best_weights or scored.state_dict())
     model.cpu().eval()
@@ -306,5 +292,4 @@ def _log_epoch(live: Any, row: dict[str, float]) -> None:
     live.log_metric("val/loss", row["val_loss"])
     live.log_metric("val/acc", row["val_acc"])
     live.log_metric("lr", row["lr"], plot=False)
-    live.log_metric("samples_per_s", row["samples_per_s"], plot=False)
     live.next_step()
