@@ -1,8 +1,10 @@
 """Serving latency: ONNX Runtime vs PyTorch eager on the same exported model, tokenization included.
 
-    python benchmarks/serving_latency.py [--model models/model.onnx] [--texts 500] [--rounds 5]
+    python benchmarks/serving_latency.py [--bundle models/model.pt] [--texts 500] [--rounds 5]
 
-Needs a pipeline run first (`dvc repro`: models/model.pt and models/model.onnx). Both engines get
+Needs a trained model first (`dvc repro`: models/model.pt); every ONNX file it times is exported
+from that bundle here, as `textclf export` does it (fp32 and int8 with onnxruntime's fused
+kernels, and the standard-ops graph), whatever params.yaml ships. Both engines get
 the same real test texts through the same cleaning and tokenization (`Predictor.encode`), one
 process, each engine timed over all the texts in a block of its own (ORT's worker threads spin
 briefly after each call and would slow an interleaved torch call), the blocks repeated in rounds
@@ -12,9 +14,10 @@ Both engines run the Predictor's own Python path (`EagerPredictor` swaps only th
 at batch 1 text -> logits, at batch 256 `predict` (length-sorted chunks, one record per text).
 Reported: p50/p95 ms per text at batch 1, texts/s at batch 256, where a batch-1 call spends its
 time, and the ORT levers: graph optimisation level, intra-op threads, trimming vs padding to
-max_length, a new session per call, int8 dynamic quantisation (with its accuracy), and the
-graph without onnxruntime's fused kernels (`export.ort_fusions: false`); the portable and the
-int8 graphs also with ORT's own SkipLayerNormalization fusion, which the Predictor disables.
+max_length, a new session per call, int8 dynamic quantisation (with its accuracy; the Predictor's
+one-thread session for short calls, against one session for all calls), and the graph without
+onnxruntime's fused kernels (`export.ort_fusions: false`); the portable and the int8 graphs also
+with ORT's own SkipLayerNormalization fusion, which the Predictor disables.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class EagerPredictor(Predictor):
             return self.module(torch.from_numpy(ids)).numpy()
 
 
-def breakdown(predictor: Predictor, eager: torch.nn.Module, texts: list[str]) -> dict:
+def breakdown(predictor: Predictor, int8: Predictor, eager: torch.nn.Module,
+              texts: list[str]) -> dict:
     """Where a batch-1 call spends its time: tokenization, each engine's forward, ORT's ops."""
     ids = [predictor.encode([t]) for t in texts]
     tensors = [torch.from_numpy(i) for i in ids]
@@ -86,6 +90,7 @@ def breakdown(predictor: Predictor, eager: torch.nn.Module, texts: list[str]) ->
         "mean_tokens": float(np.mean([i.shape[1] for i in ids])),
         "tokenize_p50_ms": latencies(lambda t: predictor.encode([t]), texts)["p50_ms"],
         "ort_session_run_p50_ms": latencies(predictor.logits, ids)["p50_ms"],
+        "ort_int8_logits_p50_ms": latencies(int8.logits, ids)["p50_ms"],
         "eager_forward_p50_ms": eager_forward["p50_ms"],
     }
     # Per-op kernel times from ORT's own profiler (it slows every op, so shares, not totals).
@@ -125,16 +130,23 @@ def accuracy(predictor: Predictor, texts: list[str], labels: np.ndarray) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.onnx")
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "model.pt")
     parser.add_argument("--texts", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     test_texts, test_labels = real_texts("test")
     texts = test_texts[: args.texts]
-    ort_default = Predictor(args.model, providers=["CPUExecutionProvider"])
-    bundle = load_bundle(args.model.with_suffix(".pt"))
+    bundle = load_bundle(args.bundle)
     eager = bundle.raw_id_model().eval()
+    # The bundle exported as `export.quantize: false / true` and `export.ort_fusions: false` do.
+    workdir = tempfile.TemporaryDirectory()
+    fp32_path, int8_path, portable_path = (Path(workdir.name) / f"model.{name}.onnx"
+                                           for name in ("fp32", "int8", "portable"))
+    export_onnx(bundle, fp32_path, opset=18)
+    export_onnx(bundle, int8_path, opset=18, quantize=True)
+    export_onnx(bundle, portable_path, opset=18, ort_fusions=False)
+    ort_default = Predictor(fp32_path, providers=["CPUExecutionProvider"])
 
     torch_engine = EagerPredictor(ort_default, eager)
 
@@ -146,20 +158,17 @@ def main() -> None:
             return predictor.logits(ids)
         return run
 
-    # The same bundle exported as `export.quantize: true` and `export.ort_fusions: false` do it.
-    workdir = tempfile.TemporaryDirectory()
-    int8_path = Path(workdir.name) / "model.int8.onnx"
-    export_onnx(bundle, int8_path, opset=18, quantize=True)
-    portable_path = Path(workdir.name) / "model.portable.onnx"
-    export_onnx(bundle, portable_path, opset=18, ort_fusions=False)
     predictors = {"ort": ort_default} | {
-        name: Predictor(args.model, ["CPUExecutionProvider"], opts) for name, opts in {
+        name: Predictor(fp32_path, ["CPUExecutionProvider"], opts) for name, opts in {
             "ort_extended_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
             "ort_1_thread": options(threads=1),
             "ort_basic_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
             "ort_no_opt": options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
         }.items()} | {
         "ort_int8_dynamic": Predictor(int8_path, ["CPUExecutionProvider"]),
+        # Default options are the caller's choice: one session, ORT's threads for every call.
+        "ort_int8_dynamic_one_session": Predictor(int8_path, ["CPUExecutionProvider"],
+                                                  options()),
         "ort_int8_dynamic_1_thread": Predictor(int8_path, ["CPUExecutionProvider"],
                                                options(threads=1)),
         "ort_without_fusions": Predictor(portable_path, ["CPUExecutionProvider"]),
@@ -184,9 +193,10 @@ def main() -> None:
         name: {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
         for name, rounds in per_round.items()}
     results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
-    results["breakdown_batch1"] = breakdown(ort_default, eager, texts)
+    results["breakdown_batch1"] = breakdown(ort_default, predictors["ort_int8_dynamic"], eager,
+                                            texts)
     results["ort_new_session_per_call"] = latencies(
-        lambda t: Predictor(args.model, ["CPUExecutionProvider"]).predict([t]), texts[:50])
+        lambda t: Predictor(fp32_path, ["CPUExecutionProvider"]).predict([t]), texts[:50])
 
     labels = np.array(test_labels)
     ids = ort_default.encode(texts)
@@ -200,9 +210,7 @@ def main() -> None:
             softmax(q_predictor.logits(ids)) - softmax(ort_default.logits(ids))).max()),
     }
     results["ort"]["test_accuracy"] = accuracy(ort_default, test_texts, labels)
-    results["ort"]["bytes"] = args.model.stat().st_size
-    results["ort"]["ort_fusions"] = ort_default.session.get_modelmeta().custom_metadata_map.get(
-        "ort_fusions", "false")
+    results["ort"]["bytes"] = fp32_path.stat().st_size
     workdir.cleanup()
 
     save("serving_latency", {

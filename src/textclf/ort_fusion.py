@@ -53,6 +53,7 @@ def fuse_for_ort(proto: onnx.ModelProto, n_layers: int) -> onnx.ModelProto:
     fused["multi-head attention"] = fuse_mha1(model) + fuse_mha2(model)
     fused["bias + gelu"] = fuse_bias_gelu(model)
     fused["packed attention"] = _pack_attention(model)
+    _gather_from_table(model)
     optimize(model)
     missing = {name: count for name, count in fused.items() if count != n_layers}
     if missing:
@@ -104,6 +105,35 @@ def _pack_attention(model) -> int:
         graph.remove(node, safe=True)
         packed += 1
     return packed
+
+
+def _gather_from_table(model) -> int:
+    """GatherND(table, Unsqueeze(ids, -1)) on a 1-D table -> Gather(table, ids).
+
+    The same elements (torch exports ``table[ids]`` as GatherND), one kernel instead of two, and
+    ORT's Gather is the cheaper one: the raw-id map runs first on every call.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    rewritten = 0
+    for node in list(graph):
+        if node.op_type != "GatherND" or node.domain not in ("", "ai.onnx"):
+            continue
+        table, indices = node.inputs[0], node.inputs[1]
+        unsqueeze = indices.producer()
+        axes = unsqueeze.inputs[1].const_value if unsqueeze is not None and \
+            unsqueeze.op_type == "Unsqueeze" and len(unsqueeze.inputs) > 1 else None
+        batch_dims = node.attributes.get("batch_dims")
+        if (axes is None or axes.numpy().tolist() != [-1] or table.shape is None
+                or len(table.shape) != 1 or (batch_dims is not None and batch_dims.value != 0)):
+            continue
+        gather = ir.node("Gather", [table, unsqueeze.inputs[0]], attributes={"axis": 0})
+        graph.insert_before(node, gather)
+        node.outputs[0].replace_all_uses_with(gather.outputs[0])
+        graph.remove(node, safe=True)
+        rewritten += 1
+    return rewritten
 
 
 def _key_mask(bias):
