@@ -9,7 +9,8 @@ the same real test texts through the same cleaning and tokenization (`Predictor.
 process, each engine timed over all the texts in a block of its own (ORT's worker threads spin
 briefly after each call and would slow an interleaved torch call), the blocks repeated in rounds
 so that a slow spell of the machine hits every engine; each figure (batch 1 and batch 256) is
-the median round.
+the median round, and the ORT/eager ratio is also given round by round. `by_length` times the
+forward pass alone against the number of tokens: why the batch-1 ratio is what it is.
 Both engines run the Predictor's own Python path (`EagerPredictor` swaps only the forward pass):
 at batch 1 text -> logits, at batch 256 `predict` (length-sorted chunks, one record per text).
 Reported: p50/p95 ms per text at batch 1, texts/s at batch 256, where a batch-1 call spends its
@@ -115,6 +116,43 @@ def breakdown(predictor: Predictor, int8: Predictor, eager: torch.nn.Module,
     return out
 
 
+def by_length(predictor: Predictor, eager: torch.nn.Module, texts: list[str],
+              lengths: tuple[int, ...] = (1, 8, 16, 32, 64, 128), rounds: int = 3) -> dict:
+    """Forward time (ids -> logits) against sequence length, ORT vs eager, and a line through it.
+
+    Where the batch-1 ratio comes from: eager pays a fixed per-call cost (Python dispatch of
+    every op) that ORT mostly avoids, but each token adds the same matrix work to both, which
+    ORT's kernels run at about half the cores' fp32 FMA peak already; so the ratio falls from
+    the fixed-cost ratio towards the per-token ratio as texts grow. Ids are real: test texts'
+    tokens joined and cut to T.
+    """
+    flat = np.concatenate([predictor.encode([t])[0] for t in texts])
+    calls = {t: [flat[i:i + t][None, :].copy() for i in range(0, 50 * t, t)] for t in lengths}
+    tensors = {t: [torch.from_numpy(ids) for ids in calls[t]] for t in lengths}
+    per_round: dict[str, dict[int, list[float]]] = {"ort": {}, "eager": {}}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for t in lengths:
+                per_round["ort"].setdefault(t, []).append(
+                    latencies(predictor.logits, calls[t])["p50_ms"])  # type: ignore[arg-type]
+                per_round["eager"].setdefault(t, []).append(
+                    latencies(eager, tensors[t])["p50_ms"])  # type: ignore[arg-type]
+    cfg = eager.model.cfg  # type: ignore[union-attr]
+    # Multiply-adds per token in the linear layers (QKV + output projection, the MLP); the
+    # attention products, which grow with T, are left out, so the GFLOP/s is a lower bound.
+    macs_per_token = cfg.n_layers * (4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_ff)
+    out: dict = {"lengths": list(lengths), "macs_per_token_linear_layers": macs_per_token}
+    for engine, by_t in per_round.items():
+        ms = [float(np.median(by_t[t])) for t in lengths]
+        per_token_ms, fixed_ms = np.polyfit(lengths, ms, 1)
+        out[engine] = {"p50_ms": ms, "fixed_ms": float(fixed_ms),
+                       "per_token_us": float(per_token_ms * 1000),
+                       "linear_gflops": float(2 * macs_per_token / (per_token_ms * 1e-3) / 1e9)}
+    out["ratio_eager_vs_ort"] = [e / o for e, o in zip(out["eager"]["p50_ms"],
+                                                       out["ort"]["p50_ms"], strict=True)]
+    return out
+
+
 def _skiplayernorm_fused(path: Path) -> Predictor:
     """A Predictor whose session, unlike the project's, lets ORT fuse SkipLayerNormalization."""
     predictor = Predictor(path, ["CPUExecutionProvider"])
@@ -180,8 +218,10 @@ def main() -> None:
     engines: dict[str, Predictor] = {"torch_eager": torch_engine} | predictors
     batch1 = {name: (lambda t, p=p: p.logits(p.encode([t]))) for name, p in engines.items()}
     batch1["ort_predict_records"] = lambda t: ort_default.predict([t])
-    # Rounds over all engines in turn: a slow spell of this shared machine hits every engine
-    # in one round, not one engine's whole measurement. Reported: the median round.
+    # Each engine over all the texts in a block of its own, engines in turn, in rounds: a slow
+    # spell of this shared machine hits every engine. Reported: the median round. Not engines
+    # taking turns every 50 texts: tried, and each switch slowed the next calls (ORT's p95 rose
+    # from ~1 ms to 3-4 ms) as the other engine's idle threads spun or slept.
     per_round: dict[str, list[dict[str, float]]] = {name: [] for name in batch1}
     for _ in range(args.rounds):
         for name, fn in batch1.items():
@@ -195,6 +235,7 @@ def main() -> None:
     results["ort_padded_to_max_length"] = latencies(padded_logits(ort_default), texts)
     results["breakdown_batch1"] = breakdown(ort_default, predictors["ort_int8_dynamic"], eager,
                                             texts)
+    results["by_length"] = by_length(ort_default, eager, texts)
     results["ort_new_session_per_call"] = latencies(
         lambda t: Predictor(fp32_path, ["CPUExecutionProvider"]).predict([t]), texts[:50])
 
@@ -213,9 +254,14 @@ def main() -> None:
     results["ort"]["bytes"] = fp32_path.stat().st_size
     workdir.cleanup()
 
+    # The ratio round by round: how far the machine's drift still moves it.
+    paired = {name: [e["p50_ms"] / o["p50_ms"] for e, o in
+                     zip(per_round["torch_eager"], per_round[name], strict=True)]
+              for name in ("ort", "ort_int8_dynamic")}
     save("serving_latency", {
         "texts_timed": len(texts),
         "results": results,
+        "ratio_vs_eager_p50_batch1_by_round": paired,
         "ratio_ort_vs_eager_p50_batch1": (results["torch_eager"]["p50_ms"]
                                           / results["ort"]["p50_ms"]),
         "ratio_ort_vs_eager_batch256": (results["ort"]["batch256_texts_per_s"]
