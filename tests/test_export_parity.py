@@ -171,6 +171,26 @@ def test_export_replaces_the_file_and_leaves_nothing_else(bundle, tmp_path: Path
     assert os.listdir(cwd) == []
 
 
+@pytest.mark.parametrize("quantize", [False, True])
+def test_export_is_byte_identical_and_carries_no_source_paths(bundle, tmp_path: Path,
+                                                              quantize: bool) -> None:
+    # torch's exporter records stack traces with absolute paths per node; kept, they made the
+    # same weights hash differently in another checkout, so `dvc repro` saw a changed file.
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(bundle, first, opset=18, quantize=quantize)
+    export_onnx(bundle, second, opset=18, quantize=quantize)
+    raw = first.read_bytes()
+    assert raw == second.read_bytes()
+    for path in (Path(textclf.__file__).parent, Path(torch.__file__).parent, tmp_path):
+        assert str(path).encode() not in raw
+    model = onnx.load_from_string(raw)
+    entries = [*model.graph.node, *model.graph.input, *model.graph.output,
+               *model.graph.value_info, *model.graph.initializer]
+    assert not any(entry.metadata_props for entry in entries)
+    assert not model.graph.metadata_props
+    assert {p.key for p in model.metadata_props} >= {"label_names", "encoding", "quantized"}
+
+
 def test_parity_passes_on_a_fresh_export(bundle, tiny_onnx: Path, test_texts: list[str]) -> None:
     cfg = tiny_params().parity
     report = parity.check_parity(bundle, tiny_onnx, test_texts, cfg)

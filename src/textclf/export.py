@@ -55,6 +55,7 @@ def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool =
         proto = fuse_for_ort(proto, bundle.model.cfg.n_layers)
     if quantize:
         proto = _int8_dynamic(proto)
+    _strip_exporter_provenance(proto)
     described = {**metadata(bundle), "quantized": "int8" if quantize else "none",
                  "ort_fusions": "true" if ort_fusions else "false"}
     for key, value in described.items():
@@ -113,6 +114,22 @@ def _to_onnx(bundle: Bundle, opset: int) -> onnx.ModelProto:
             "value) and check that torch, onnx and onnxscript match constraints.txt."
         ) from None
     return program.model_proto
+
+
+def _strip_exporter_provenance(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug metadata, in place.
+
+    torch writes each node's Python stack trace (absolute source paths), FX node and module
+    scopes into metadata_props: the same weights exported from two checkouts gave files of
+    different md5, so `dvc repro` in a fresh clone reported models/model.onnx as changed.
+    Nothing at run time reads them; the file's own metadata (model level) is kept.
+    """
+    graph = proto.graph
+    for entries in (graph.node, graph.input, graph.output, graph.value_info, graph.initializer):
+        for entry in entries:
+            del entry.metadata_props[:]
+            entry.doc_string = ""
+    del graph.metadata_props[:]
 
 
 def _int8_dynamic(proto: onnx.ModelProto) -> onnx.ModelProto:
