@@ -25,6 +25,8 @@ def test_repo_params_load() -> None:
         ("tokenize", "val_fraction", 1.5, "`tokenize.val_fraction` must be in (0, 1)"),
         ("fetch", "fraction", 0, "`fetch.fraction` must be in (0, 1]"),
         ("train", "epochs", True, "`train.epochs` must be an integer"),
+        ("train", "refit", "yes", "`train.refit` must be true or false"),
+        ("train", "patience", 2, "`train.patience` must be 0 when train.refit is true"),
     ],
 )
 def test_bad_value_names_key(section: str, key: str, value: object, needle: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from tests.conftest import LABEL_NAMES, tiny_params
 from textclf import evaluate
 from textclf.config import Paths
 from textclf.errors import TextclfError
-from textclf.model import batched_logits, load_bundle
+from textclf.model import batched_logits, load_bundle, save_bundle
 from textclf.tokenization import load_split
 
 
@@ -39,7 +40,8 @@ def test_evaluate_writes_metrics_confusion_and_mistakes(tiny_model_project: Path
     summary = evaluate.run(tiny_params(), paths)
 
     report = json.loads((paths.metrics / "eval.json").read_text())
-    assert set(report) == {"model", "baseline", "model_minus_baseline_accuracy", "test_rows"}
+    assert set(report) == {"model", "baseline", "model_minus_baseline_accuracy", "train_rows",
+                           "test_rows"}
     assert report["test_rows"] == len(test["labels"]) == summary["test_rows"]
     for section in ("model", "baseline"):
         for key in ("accuracy", "macro_f1"):
@@ -68,9 +70,13 @@ def test_evaluate_writes_metrics_confusion_and_mistakes(tiny_model_project: Path
     assert table["text"].str.len().max() <= 300
 
 
-def test_baseline_fits_on_the_training_rows_only(tiny_model_project: Paths, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("refit", [False, True], ids=["held-out-val", "refit"])
+def test_baseline_fits_on_the_rows_the_model_trained_on(tiny_model_project: Paths, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        refit: bool) -> None:
     paths = _copy_project(tiny_model_project, tmp_path)
+    bundle = load_bundle(paths.model)
+    save_bundle(paths.model, dataclasses.replace(bundle, train_config={"train": {"refit": refit}}))
     seen = {}
     real = evaluate.fit_baseline
 
@@ -91,8 +97,11 @@ def test_baseline_fits_on_the_training_rows_only(tiny_model_project: Paths, tmp_
     train_rows = load_split(paths.tokens, "train")["rows"]
     val_rows = load_split(paths.tokens, "val")["rows"]
     texts = pd.read_parquet(paths.validated / "train.parquet")["text"].tolist()
-    assert seen["train"] == [texts[i] for i in train_rows]
-    assert not set(seen["train"]) & {texts[i] for i in val_rows}
+    fitted_rows = np.concatenate([train_rows, val_rows]) if refit else train_rows
+    assert seen["train"] == [texts[i] for i in fitted_rows]
+    assert bool(set(seen["train"]) & {texts[i] for i in val_rows}) == refit
+    report = json.loads((paths.metrics / "eval.json").read_text())
+    assert report["train_rows"] == len(fitted_rows)
     assert len(seen["test"]) == len(load_split(paths.tokens, "test")["rows"])
 
 

@@ -4,11 +4,12 @@ import json
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import LABEL_NAMES
 from tests.helpers import small_params, write_validated
-from textclf import tokenization
+from textclf import baseline, tokenization
 from textclf.config import Paths
 from textclf.errors import TextclfError
 from textclf.text import _clean_all_passes, clean_text, join_title_description
@@ -160,13 +161,25 @@ def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
     np.testing.assert_allclose(teacher.sum(1), 1.0, atol=1e-5)
     # The synthetic topics are easy: a held-out TF-IDF teacher gets most rows right.
     assert (teacher.argmax(1) == train["labels"]).mean() > 0.8
-    assert "teacher" not in tokenization.load_split(root / "data" / "tokens", "val")
+
+    # Validation rows (trained on by train.refit) get a baseline fitted on all training rows;
+    # the training rows' own probabilities come from fits that left them out, so a fit that
+    # saw them is more confident about them than the teacher is.
+    val = tokenization.load_split(root / "data" / "tokens", "val")
+    texts = pd.read_parquet(root / "data" / "validated" / "train.parquet")["text"].to_numpy()
+    full_fit = baseline.fit(texts[train["rows"]], train["labels"], small_params().baseline)
+    np.testing.assert_allclose(val["teacher"], full_fit.predict_proba(texts[val["rows"]]),
+                               atol=1e-6)
+    in_sample = full_fit.predict_proba(texts[train["rows"]])
+    picked = np.arange(len(teacher)), train["labels"]
+    assert in_sample[picked].mean() > teacher[picked].mean()
 
 
 def test_teacher_can_be_turned_off(tmp_path, corpus_dir) -> None:
     write_validated(tmp_path, corpus_dir, LABEL_NAMES)
     tokenization.run(small_params(tokenize={"teacher_folds": 0}), Paths(tmp_path))
-    assert "teacher" not in tokenization.load_split(tmp_path / "data" / "tokens", "train")
+    for split in ("train", "val"):
+        assert "teacher" not in tokenization.load_split(tmp_path / "data" / "tokens", split)
 
 
 def test_lowercase_vocabulary_has_no_capitals(tmp_path, corpus_dir) -> None:

@@ -41,7 +41,7 @@ def _copy_tokens(src, dst):
 
 
 def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
-    summary = _train(tokens_root, train={"epochs": 3})
+    summary = _train(tokens_root, train={"epochs": 3, "refit": False})
     assert summary["best_val_acc"] > 0.6  # four classes: chance is 0.25
     bundle = load_bundle(tokens_root / "models" / "model.pt")
     assert bundle.label_names == LABEL_NAMES
@@ -59,6 +59,41 @@ def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
     assert len(runtime["samples_per_s"]) == 3 and min(runtime["samples_per_s"]) > 0
 
 
+def test_refit_trains_on_the_validation_rows_and_ships_the_last_epoch(tokens_root,
+                                                                      monkeypatch) -> None:
+    tokens = tokens_root / "data" / "tokens"
+    train_rows = tokenization.load_split(tokens, "train")
+    val_rows = tokenization.load_split(tokens, "val")
+    n_train, n_all = len(train_rows["labels"]), len(train_rows["labels"]) + len(val_rows["labels"])
+    seen: dict[int, list[int]] = collections.defaultdict(list)
+    real_trimmed = train.trimmed
+
+    def spy(split, index, device):
+        # Every row a step trains on, keyed by position, as its token ids.
+        for i in index.tolist():
+            seen[i] = split["ids"][i, :split["lengths"][i]].tolist()
+        return real_trimmed(split, index, device)
+
+    monkeypatch.setattr(train, "trimmed", spy)
+    summary = _train(tokens_root, train={"epochs": 3, "refit": True, "ema_decay": 0.9})
+
+    assert sorted(seen) == list(range(n_all))  # each epoch covers train and validation rows
+    for j in range(len(val_rows["labels"])):
+        assert seen[n_train + j] == val_rows["ids"][j, :val_rows["lengths"][j]].tolist()
+    # No validation score and no selection: the last epoch's (averaged) weights are shipped.
+    assert summary["best_val_acc"] is None and summary["best_epoch"] == 3
+    metrics = json.loads((tokens_root / "metrics" / "train" / "metrics.json").read_text())
+    assert metrics["train_rows"] == n_all and metrics["best/epoch"] == 3
+    assert not any("val" in key for key in metrics)
+    assert not (tokens_root / "metrics/train/plots/metrics/val").exists()
+    bundle = load_bundle(tokens_root / "models" / "model.pt")
+    assert bundle.train_config["train"]["refit"] is True
+    last = torch.load(tokens_root / "models" / "checkpoint" / "last.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items()
+                if k.startswith("module.")}
+    assert all(torch.equal(v, averaged[k]) for k, v in bundle.model.state_dict().items())
+
+
 def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
     _copy_tokens(tokens_root, tmp_path)
     _train(tokens_root)
@@ -68,11 +103,12 @@ def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["raw-weights", "weight-average"])
+@pytest.mark.parametrize(("ema_decay", "refit"), [(0.0, False), (0.9, True)],
+                         ids=["raw-weights-selected-on-val", "weight-average-refit"])
 def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_path, monkeypatch,
-                                                            ema_decay: float) -> None:
+                                                            ema_decay: float, refit: bool) -> None:
     _copy_tokens(tokens_root, tmp_path)
-    config = {"epochs": 3, "patience": 0, "ema_decay": ema_decay}
+    config = {"epochs": 3, "patience": 0, "ema_decay": ema_decay, "refit": refit}
     reference = _train(tokens_root, train=config)
 
     real_save = checkpoint.TrainState.save
@@ -89,10 +125,11 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
 
     assert resumed["resumed"] is True
     assert resumed["best_val_acc"] == reference["best_val_acc"]
+    assert (resumed["best_val_acc"] is None) == refit
     a = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
     b = load_bundle(tmp_path / "models" / "model.pt").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    curve = (tmp_path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
+    curve = (tmp_path / "metrics/train/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(curve) == 4  # replayed epoch 1 + trained epochs 2 and 3
 
 
@@ -158,8 +195,15 @@ def test_precision_choice() -> None:
 
 def test_distillation_needs_teacher_labels(tokens_root, tmp_path) -> None:
     summary = _train(tokens_root, train={"epochs": 1, "distill_weight": 0.5,
-                                         "token_dropout": 0.1})
+                                         "token_dropout": 0.1, "refit": False})
     assert summary["best_val_acc"] > 0.25
+    # A refit also distils on the validation rows: their soft labels must be there too.
+    val = dict(np.load(tokens_root / "data" / "tokens" / "val.npz"))
+    np.savez(tokens_root / "data" / "tokens" / "val.npz",
+             **{k: v for k, v in val.items() if k != "teacher"})
+    with pytest.raises(TextclfError, match=r"val\.npz holds no teacher.*dvc repro tokenize"):
+        _train(tokens_root, train={"epochs": 1, "distill_weight": 0.5, "refit": True})
+    _train(tokens_root, train={"epochs": 1, "distill_weight": 0.5, "refit": False})
     split = dict(np.load(tokens_root / "data" / "tokens" / "train.npz"))
     del split["teacher"]
     np.savez(tokens_root / "data" / "tokens" / "train.npz", **split)
@@ -188,7 +232,7 @@ def test_token_dropout_keeps_padding_and_rate() -> None:
 
 
 def test_bf16_autocast_trains(tokens_root) -> None:
-    summary = _train(tokens_root, train={"precision": "bf16", "epochs": 1})
+    summary = _train(tokens_root, train={"precision": "bf16", "epochs": 1, "refit": False})
     assert summary["best_val_acc"] > 0.25
 
 

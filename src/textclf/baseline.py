@@ -1,8 +1,9 @@
 """The TF-IDF + logistic-regression baseline: the bar the model must clear, and its teacher.
 
-One definition serves two stages: `evaluate` fits it on the training split and scores the test
-split beside the model; `tokenize` fits it fold by fold on the training split to give every
-training row soft labels from a model that never saw that row (the distillation targets).
+One definition serves two stages: `evaluate` fits it on the rows the model trained on and scores
+the test split beside the model; `tokenize` fits it fold by fold on the training split to give
+every training row soft labels from a model that never saw that row (the distillation targets),
+and the validation rows soft labels from one fitted on the whole training split.
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ def fit(texts: Sequence[str], labels: np.ndarray, cfg: BaselineConfig):
     return pipeline
 
 
-def out_of_fold_probabilities(texts: Sequence[str], labels: np.ndarray, num_labels: int,
-                              cfg: BaselineConfig, folds: int, seed: int) -> np.ndarray:
-    """float32 [N, K]: each row's class probabilities from a baseline fitted without it."""
+def teacher_probabilities(texts: Sequence[str], labels: np.ndarray, held_out_texts: Sequence[str],
+                          num_labels: int, cfg: BaselineConfig, folds: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [N, K] and [M, K]: class probabilities no row gets from a baseline that saw it.
+
+    The N training rows get out-of-fold probabilities (``folds`` stratified folds); the M
+    held-out rows get those of one baseline fitted on all N, so a refit run (train.refit) can
+    distil on them too.
+    """
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     texts = np.asarray(texts, dtype=object)
-    probs = np.zeros((len(texts), num_labels), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     try:
         splits = list(splitter.split(texts, labels))
@@ -57,15 +63,21 @@ def out_of_fold_probabilities(texts: Sequence[str], labels: np.ndarray, num_labe
             f"tokenize: cannot split the training rows into {folds} teacher folds ({exc}). "
             "Lower tokenize.teacher_folds (0 turns the teacher off)."
         ) from None
+    jobs = [(texts[fit_rows], labels[fit_rows], texts[held_out]) for fit_rows, held_out in splits]
+    jobs.append((texts, labels, np.asarray(held_out_texts, dtype=object)))
 
-    def fold(fit_rows: np.ndarray, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        model = fit(texts[fit_rows], labels[fit_rows], cfg)
-        return model.classes_, model.predict_proba(texts[held_out])
+    def probabilities(fit_texts, fit_labels, predict_texts) -> np.ndarray:
+        model = fit(fit_texts, fit_labels, cfg)
+        out = np.zeros((len(predict_texts), num_labels), dtype=np.float32)
+        if len(predict_texts):
+            # Columns follow the classes this fit saw; a class absent from it keeps probability 0.
+            out[:, model.classes_] = model.predict_proba(predict_texts)
+        return out
 
-    # The folds are independent single-threaded fits: one process per core.
-    fitted = Parallel(n_jobs=min(folds, os.cpu_count() or 1))(
-        delayed(fold)(fit_rows, held_out) for fit_rows, held_out in splits)
-    for (_, held_out), (classes, fold_probs) in zip(splits, fitted, strict=True):
-        # Columns follow the classes this fold saw; a class absent from it keeps probability 0.
-        probs[np.ix_(held_out, classes)] = fold_probs
-    return probs
+    # The fits are independent and single-threaded: one process per core.
+    fitted = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1))(
+        delayed(probabilities)(*job) for job in jobs)
+    out_of_fold = np.zeros((len(texts), num_labels), dtype=np.float32)
+    for (_, held_out), fold_probs in zip(splits, fitted, strict=False):
+        out_of_fold[held_out] = fold_probs
+    return out_of_fold, fitted[-1]

@@ -1,4 +1,5 @@
-"""Training batches: length-bucketed, shuffled, and trimmed to their longest real sequence.
+"""Training rows and batches: which rows and soft labels a run trains on (train.refit,
+distillation), and batches length-bucketed, shuffled and trimmed to their longest real sequence.
 
 Attention costs T^2 and a padded position costs as much as a real one, so batches of similar
 lengths, each cut to its own longest text, train 3.3x faster on this project's CPU than batches
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from textclf.config import TrainConfig
+from textclf.errors import TextclfError
 
 BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
 
@@ -36,3 +40,31 @@ def trimmed(split: dict[str, np.ndarray], index: np.ndarray,
     ids = torch.from_numpy(split["ids"][index, :width].astype(np.int64))
     labels = torch.from_numpy(split["labels"][index])
     return ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def refit_rows(train_split: dict[str, np.ndarray], val_split: dict[str, np.ndarray],
+               cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The training split with the validation rows appended: what a refit run trains on."""
+    keys = ["ids", "lengths", "labels"]
+    if cfg.distill_weight and "teacher" in train_split:  # (none at all: soft_labels says so)
+        if "teacher" not in val_split:
+            raise TextclfError(
+                "train.refit trains on the validation rows, but data/tokens/val.npz holds no "
+                "teacher soft labels for them (tokens written by an older textclf). Re-run "
+                "`dvc repro tokenize`, or set train.refit to false."
+            )
+        keys.append("teacher")
+    return {key: np.concatenate([train_split[key], val_split[key]]) for key in keys}
+
+
+def soft_labels(split: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray | None:
+    """The teacher's (N, K) probabilities when distilling; checked before any step is taken."""
+    if cfg.distill_weight == 0:
+        return None
+    if "teacher" not in split:
+        raise TextclfError(
+            "train.distill_weight > 0 but data/tokens/train.npz holds no teacher soft labels. "
+            "Set tokenize.teacher_folds >= 2 (and re-run `dvc repro`), or set "
+            "train.distill_weight to 0."
+        )
+    return split["teacher"]

@@ -29,10 +29,13 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
     stale_epochs: int = 0
 
-    def record(self, row: dict[str, float], model: torch.nn.Module) -> None:
+    def record(self, row: dict[str, float], model: torch.nn.Module,
+               keep_last: bool = False) -> None:
+        """Add an epoch; its weights become the ones to ship if ``keep_last`` or it validates
+        best so far (accuracy, then loss)."""
         self.epoch = int(row["epoch"])
         self.history.append(row)
-        better = self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
+        better = keep_last or self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
             self.best_row["val_acc"], -self.best_row["val_loss"])
         if better:
             self.best_row = row

@@ -142,6 +142,9 @@ class TrainConfig:
     # Decay of the exponential moving average of the weights that is validated and saved
     # (0 = off: the raw weights); it warms up, so short runs average their recent steps.
     ema_decay: float = 0.0
+    # Train on the validation rows too and ship the last epoch: the final fit once the settings
+    # were chosen on validation (false: hold them out, select the best epoch on them).
+    refit: bool = False
 
     def check(self, section: str) -> None:
         check(self.lr > 0, f"{section}.lr", "> 0", self.lr)
@@ -164,6 +167,9 @@ class TrainConfig:
         check(self.distill_temperature > 0, f"{section}.distill_temperature", "> 0",
                self.distill_temperature)
         check(0 <= self.ema_decay < 1, f"{section}.ema_decay", "in [0, 1)", self.ema_decay)
+        check(not (self.refit and self.patience), f"{section}.patience",
+              f"0 when {section}.refit is true (no held-out rows are left to stop early on; "
+              f"set {section}.refit to false to select epochs on validation)", self.patience)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Writes metrics/eval.json               (accuracy, macro-F1, per-class P/R/F1; ba
        metrics/eval/misclassified.csv  (the most confident wrong predictions)
 
 The baseline (word n-gram TF-IDF + logistic regression) is fitted on exactly the rows the model
-trained on (not the validation rows), so the delta measures the model, not the data.
+trained on (the training split, plus the validation rows for a `train.refit` model, as its
+checkpoint records), so the delta measures the model, not the data.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     bundle = load_bundle(paths.model)
     _check_same_tokens(bundle, load_vocab(paths.tokens), paths)
     train, test = load_split(paths.tokens, "train"), load_split(paths.tokens, "test")
+    if bundle.train_config.get("train", {}).get("refit", False):
+        val = load_split(paths.tokens, "val")
+        train = {key: np.concatenate([train[key], val[key]]) for key in ("rows", "labels")}
     train_texts = _texts(paths.validated / "train.parquet", train["rows"])
     test_texts = _texts(paths.validated / "test.parquet", test["rows"])
     names = bundle.label_names
@@ -53,6 +57,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "baseline": {k: base_scores[k] for k in ("accuracy", "macro_f1")},
         "model_minus_baseline_accuracy": round(
             model_scores["accuracy"] - base_scores["accuracy"], 6),
+        "train_rows": len(train["labels"]),  # of the model and of the baseline alike
         "test_rows": len(actual),
     }
     out = paths.metrics

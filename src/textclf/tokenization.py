@@ -2,7 +2,8 @@
 
 Reads  data/validated/{train,test}.parquet, data/validated/labels.json
 Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels, rows;
-                                         train also `teacher`: out-of-fold baseline probs)
+                                         train and val also `teacher`: baseline probs from
+                                         fits that did not see the row)
        data/tokens/vocab.json            (encoding, max_length, pad_id, n_vocab, raw_ids, labels)
 
 The validation split is carved out of the training file here (stratified, seeded), so model
@@ -25,7 +26,7 @@ import numpy as np
 import tiktoken
 
 from textclf.atomic import atomic_dir
-from textclf.baseline import out_of_fold_probabilities
+from textclf.baseline import teacher_probabilities
 from textclf.config import Params, Paths
 from textclf.errors import TextclfError
 from textclf.text import model_input
@@ -180,12 +181,12 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
                           cfg.vocab_size, cfg.min_freq)
     table = compact_map(raw_ids, encoding.n_vocab, pad_raw)
 
-    teacher = None
+    teacher: dict[str, np.ndarray] = {}
     if cfg.teacher_folds:
-        train_texts = frames["train"]["text"].to_numpy()[train_rows]
-        teacher = out_of_fold_probabilities(train_texts, train_labels[train_rows],
-                                            len(label_names), params.baseline,
-                                            cfg.teacher_folds, cfg.seed)
+        texts_of_file = frames["train"]["text"].to_numpy()
+        teacher["train"], teacher["val"] = teacher_probabilities(
+            texts_of_file[train_rows], train_labels[train_rows], texts_of_file[val_rows],
+            len(label_names), params.baseline, cfg.teacher_folds, cfg.seed)
 
     summary: dict[str, int] = {"vocab_rows": len(raw_ids) + 2}
     with atomic_dir(paths.tokens) as out:
@@ -200,8 +201,8 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
                 "labels": source["label"].to_numpy(np.int64)[rows],
                 "rows": rows.astype(np.int64),
             }
-            if split == "train" and teacher is not None:
-                arrays["teacher"] = teacher
+            if split in teacher:
+                arrays["teacher"] = teacher[split]
             np.savez(out / f"{split}.npz", **arrays)
             summary[f"{split}_rows"] = len(rows)
         vocab = {

@@ -4,7 +4,9 @@ Mixed precision by `train.precision`: `auto` is fp16 + GradScaler on CUDA and fp
 where bf16 autocast was measured 2x slower for models of this size even with native bf16
 (benchmarks/results/train_throughput.json); `bf16` asks for it anyway. Batches are
 length-bucketed and trimmed to their longest real sequence, so padding to max_length costs
-nothing here. The model is selected on the validation split only. A checkpoint is written
+nothing here. The model is selected on the validation split only; with `train.refit` it trains
+on the validation rows too and the last epoch is shipped (settings were chosen on validation
+in refit-off experiments). A checkpoint is written
 after every epoch (checkpoint.py); a re-run with the same config, data and training code resumes
 from it and ends exactly where an uninterrupted run would. Speed and whether the run resumed go
 to metrics/runtime/train.json, not to the metrics `dvc metrics diff` compares.
@@ -29,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from textclf import __version__
 from textclf.atomic import write_json
-from textclf.batching import bucketed_batches, trimmed
+from textclf.batching import bucketed_batches, refit_rows, soft_labels, trimmed
 from textclf.checkpoint import TrainState
 from textclf.config import Params, Paths, TrainConfig
 from textclf.errors import TextclfError
@@ -119,6 +121,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     vocab = load_vocab(paths.tokens)
     train_split, val_split = load_split(paths.tokens, "train"), load_split(paths.tokens, "val")
+    if cfg.refit:
+        train_split = refit_rows(train_split, val_split, cfg)
     teacher_probs = soft_labels(train_split, cfg)
     model = TextClassifier(params.model, vocab_rows=len(vocab["raw_ids"]) + 2,
                            num_labels=len(vocab["label_names"]),
@@ -169,22 +173,24 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             seen += len(labels)
             loss_sum += loss * len(labels)
         elapsed = time.perf_counter() - started
-        val = evaluate_split(scored, val_split, cfg.batch_size * 4, precision,
-                             cfg.label_smoothing)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0],
-               "samples_per_s": seen / elapsed}
-        state.record(row, scored)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen}
+        if not cfg.refit:  # a refit trained on the validation rows: scoring them says nothing
+            val = evaluate_split(scored, val_split, cfg.batch_size * 4, precision,
+                                 cfg.label_smoothing)
+            row.update(val_loss=val["loss"], val_acc=val["acc"])
+        row.update(lr=scheduler.get_last_lr()[0], samples_per_s=seen / elapsed)
+        state.record(row, scored, keep_last=cfg.refit)
         _log_epoch(live, row)
-        print(f"epoch {row['epoch']}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
-              f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f} "
-              f"{row['samples_per_s']:.0f} samples/s", file=sys.stderr, flush=True)
+        scores = "".join(f" {key} {row[key]:.4f}" for key in ("train_loss", "val_loss", "val_acc")
+                         if key in row)
+        print(f"epoch {row['epoch']}/{cfg.epochs}:{scores} {row['samples_per_s']:.0f} samples/s",
+              file=sys.stderr, flush=True)
         state.save(ckpt_path, model, optimizer, scheduler, scaler, ema)
 
     best = state.best_row or {}
     live.summary.update({f"best/{k}": v for k, v in best.items()
                          if k not in ("lr", "samples_per_s")})
-    live.summary.update({"epochs_run": len(state.history),
+    live.summary.update({"epochs_run": len(state.history), "train_rows": len(train_split["labels"]),
                          "precision": str(precision.dtype or "fp32").replace("torch.", ""),
                          "device": precision.device.type})
     live.end()
@@ -261,19 +267,6 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainCo
     return (1 - cfg.distill_weight) * hard + cfg.distill_weight * soft
 
 
-def soft_labels(split: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray | None:
-    """The teacher's (N, K) probabilities when distilling; checked before any step is taken."""
-    if cfg.distill_weight == 0:
-        return None
-    if "teacher" not in split:
-        raise TextclfError(
-            "train.distill_weight > 0 but data/tokens/train.npz holds no teacher soft labels. "
-            "Set tokenize.teacher_folds >= 2 (and re-run `dvc repro`), or set "
-            "train.distill_weight to 0."
-        )
-    return split["teacher"]
-
-
 def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
@@ -289,7 +282,8 @@ def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np
 
 def _log_epoch(live: Any, row: dict[str, float]) -> None:
     live.log_metric("train/loss", row["train_loss"])
-    live.log_metric("val/loss", row["val_loss"])
-    live.log_metric("val/acc", row["val_acc"])
+    if "val_acc" in row:
+        live.log_metric("val/loss", row["val_loss"])
+        live.log_metric("val/acc", row["val_acc"])
     live.log_metric("lr", row["lr"], plot=False)
     live.next_step()
