@@ -54,6 +54,16 @@ def test_repro_experiment_push_pull_predict(make_repo, tmp_path) -> None:
     params_diff = repo.run("dvc", "params", "diff").stdout
     assert "train.lr" in params_diff
 
+    # The default is the refit (no held-out score); choosing settings turns it off.
+    refit_metrics = json.loads((repo.root / "metrics" / "train" / "metrics.json").read_text())
+    assert not any("val" in key for key in refit_metrics)
+    held_out = repo.run("dvc", "exp", "run", "-S", "train.refit=false", "-S", "train.lr=1e-4")
+    assert stages_ran(held_out.stdout) == {"train", "evaluate", "export", "parity"}
+    metrics = json.loads((repo.root / "metrics" / "train" / "metrics.json").read_text())
+    assert metrics["best/val_acc"] > 0.25 and metrics["train_rows"] < refit_metrics["train_rows"]
+    evaluated = json.loads((repo.root / "metrics" / "eval.json").read_text())
+    assert evaluated["train_rows"] == metrics["train_rows"]  # the baseline fits the same rows
+
     # Share: push to a local remote, lose the cache and the model, pull the model alone.
     repo.run("dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
     repo.run("dvc", "push")
