@@ -211,8 +211,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                       "best_epoch": best.get("epoch"), "fingerprint": state.fingerprint},
         package_version=__version__,
     ))
-    return {"best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
-            "epochs_run": len(state.history), "resumed": resumed}
+    summary = {"best_epoch": best.get("epoch"), "epochs_run": len(state.history),
+               "train_rows": len(train_split["labels"]), "resumed": resumed}
+    if "val_acc" in best:  # a refit has no held-out score to report
+        summary["best_val_acc"] = best["val_acc"]
+    return summary
 
 
 def train_step(model: TextClassifier, ids: torch.Tensor, labels: torch.Tensor,
