@@ -78,6 +78,6 @@ def teacher_probabilities(texts: Sequence[str], labels: np.ndarray, held_out_tex
     fitted = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1))(
         delayed(probabilities)(*job) for job in jobs)
     out_of_fold = np.zeros((len(texts), num_labels), dtype=np.float32)
-    for (_, held_out), fold_probs in zip(splits, fitted, strict=False):
+    for (_, held_out), fold_probs in zip(splits, fitted[:-1], strict=True):
         out_of_fold[held_out] = fold_probs
     return out_of_fold, fitted[-1]

@@ -6,10 +6,10 @@ where bf16 autocast was measured 2x slower for models of this size even with nat
 length-bucketed and trimmed to their longest real sequence, so padding to max_length costs
 nothing here. The model is selected on the validation split only; with `train.refit` it trains
 on the validation rows too and the last epoch is shipped (settings were chosen on validation
-in refit-off experiments). A checkpoint is written
-after every epoch (checkpoint.py); a re-run with the same config, data and training code resumes
-from it and ends exactly where an uninterrupted run would. Speed and whether the run resumed go
-to metrics/runtime/train.json, not to the metrics `dvc metrics diff` compares.
+in refit-off experiments). A checkpoint is written after every epoch (checkpoint.py); a re-run
+with the same config, data and training code resumes from it and ends exactly where an
+uninterrupted run would. Speed and whether the run resumed go to metrics/runtime/train.json,
+not to the metrics `dvc metrics diff` compares.
 """
 
 from __future__ import annotations
