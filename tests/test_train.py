@@ -65,7 +65,7 @@ def test_refit_trains_on_the_validation_rows_and_ships_the_last_epoch(tokens_roo
     train_rows = tokenization.load_split(tokens, "train")
     val_rows = tokenization.load_split(tokens, "val")
     n_train, n_all = len(train_rows["labels"]), len(train_rows["labels"]) + len(val_rows["labels"])
-    seen: dict[int, list[int]] = collections.defaultdict(list)
+    seen: dict[int, list[int]] = {}
     real_trimmed = train.trimmed
 
     def spy(split, index, device):

@@ -42,19 +42,23 @@ def trimmed(split: dict[str, np.ndarray], index: np.ndarray,
     return ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
+def joined_splits(first: dict[str, np.ndarray],
+                  second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows of ``first`` then those of ``second``, for every array both splits hold."""
+    return {key: np.concatenate([first[key], second[key]]) for key in first if key in second}
+
+
 def refit_rows(train_split: dict[str, np.ndarray], val_split: dict[str, np.ndarray],
                cfg: TrainConfig) -> dict[str, np.ndarray]:
     """The training split with the validation rows appended: what a refit run trains on."""
-    keys = ["ids", "lengths", "labels"]
-    if cfg.distill_weight and "teacher" in train_split:  # (none at all: soft_labels says so)
-        if "teacher" not in val_split:
-            raise TextclfError(
-                "train.refit trains on the validation rows, but data/tokens/val.npz holds no "
-                "teacher soft labels for them (tokens written by an older textclf). Re-run "
-                "`dvc repro tokenize`, or set train.refit to false."
-            )
-        keys.append("teacher")
-    return {key: np.concatenate([train_split[key], val_split[key]]) for key in keys}
+    # (No teacher at all is soft_labels' error; only a missing validation half is checked here.)
+    if cfg.distill_weight and "teacher" in train_split and "teacher" not in val_split:
+        raise TextclfError(
+            "train.refit trains on the validation rows, but data/tokens/val.npz holds no "
+            "teacher soft labels for them (tokens written by an older textclf). Re-run "
+            "`dvc repro tokenize`, or set train.refit to false."
+        )
+    return joined_splits(train_split, val_split)
 
 
 def soft_labels(split: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray | None:

@@ -22,6 +22,7 @@ import torch
 
 from textclf.atomic import atomic_path, write_json, write_text
 from textclf.baseline import fit as fit_baseline
+from textclf.batching import joined_splits
 from textclf.config import Params, Paths
 from textclf.errors import TextclfError
 from textclf.model import Bundle, batched_logits, load_bundle
@@ -38,8 +39,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     _check_same_tokens(bundle, load_vocab(paths.tokens), paths)
     train, test = load_split(paths.tokens, "train"), load_split(paths.tokens, "test")
     if bundle.train_config.get("train", {}).get("refit", False):
-        val = load_split(paths.tokens, "val")
-        train = {key: np.concatenate([train[key], val[key]]) for key in ("rows", "labels")}
+        train = joined_splits(train, load_split(paths.tokens, "val"))
     train_texts = _texts(paths.validated / "train.parquet", train["rows"])
     test_texts = _texts(paths.validated / "test.parquet", test["rows"])
     names = bundle.label_names
