@@ -8,13 +8,14 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "agnews"
 RESULTS = ROOT / "benchmarks" / "results"
+T = TypeVar("T")
 
 
 def real_texts(split: str = "train") -> tuple[list[str], list[int]]:
@@ -66,6 +67,19 @@ def machine() -> dict[str, Any]:
 def median_of(runs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs),
             "runs": len(runs)}
+
+
+def latencies(fn: Callable[[T], object], calls: Sequence[T]) -> dict[str, float]:
+    """p50/p95 ms of ``fn`` over ``calls``, one call each, after 20 warm-up calls."""
+    for call in calls[:20]:
+        fn(call)
+    times = []
+    for call in calls:
+        started = time.perf_counter()
+        fn(call)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": statistics.median(times),
+            "p95_ms": statistics.quantiles(times, n=20, method="inclusive")[-1]}
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import ROOT, real_texts, save
+from common import ROOT, latencies, real_texts, save
 from onnx import helper
 
 from textclf.export import export_onnx
@@ -115,17 +113,6 @@ def without_bias_and_residual_adds(proto: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
 
 
-def p50_ms(run: Callable[[np.ndarray], object], calls: list[np.ndarray]) -> float:
-    for ids in calls[:20]:
-        run(ids)
-    times = []
-    for ids in calls:
-        started = time.perf_counter()
-        run(ids)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "model.pt")
@@ -168,7 +155,8 @@ def main() -> None:
         shuffle.shuffle(order)
         for variant in order:
             run = sessions[variant].run
-            per_round[variant].append(p50_ms(lambda ids, r=run: r(None, {name: ids}), calls))
+            per_round[variant].append(
+                latencies(lambda ids, r=run: r(None, {name: ids}), calls)["p50_ms"])
     base = np.array(per_round["shipped"])
     save("ort_graph_levers", {
         "texts": len(calls),

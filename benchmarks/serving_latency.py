@@ -33,22 +33,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import ROOT, real_texts, save
+from common import ROOT, latencies, real_texts, save
 
 from textclf.export import export_onnx
 from textclf.model import load_bundle
 from textclf.predict import Predictor, softmax
-
-
-def latencies(fn: Callable[[str], object], texts: list[str]) -> dict[str, float]:
-    for text in texts[:20]:
-        fn(text)
-    times = []
-    for text in texts:
-        started = time.perf_counter()
-        fn(text)
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 
 
 def throughput(fn: Callable[[list[str]], object], texts: list[str], batch: int = 256) -> float:
@@ -86,7 +75,7 @@ def breakdown(predictor: Predictor, int8: Predictor, eager: torch.nn.Module,
     ids = [predictor.encode([t]) for t in texts]
     tensors = [torch.from_numpy(i) for i in ids]
     with torch.inference_mode():
-        eager_forward = latencies(eager, tensors)  # type: ignore[arg-type]
+        eager_forward = latencies(eager, tensors)
     out = {
         "mean_tokens": float(np.mean([i.shape[1] for i in ids])),
         "tokenize_p50_ms": latencies(lambda t: predictor.encode([t]), texts)["p50_ms"],
@@ -138,9 +127,9 @@ def by_length(predictor: Predictor, eager: torch.nn.Module, texts: list[str],
         for _ in range(rounds):
             for t in lengths:
                 per_round["ort"][t].append(
-                    latencies(predictor.logits, calls[t])["p50_ms"])  # type: ignore[arg-type]
+                    latencies(predictor.logits, calls[t])["p50_ms"])
                 per_round["eager"][t].append(
-                    latencies(eager, tensors[t])["p50_ms"])  # type: ignore[arg-type]
+                    latencies(eager, tensors[t])["p50_ms"])
     cfg = eager.model.cfg  # type: ignore[union-attr]
     # Multiply-adds per token in the linear layers (QKV + output projection, the MLP); the
     # attention products, which grow with T, are left out, so the GFLOP/s is a lower bound.
