@@ -13,8 +13,9 @@ per-round ratios (the machine's drift moves all variants of a round together).
 Variants: the session as `Predictor` opens it; the other graph optimisation levels; 1 and 3
 intra-op threads; thread spinning off; `EmbedLayerNormalization` (onnxruntime's fused embedding
 kernel: token + position lookups, their sum and the first LayerNorm in one kernel instead of
-seven, exact to float rounding); and an upper bound that is not a model: the graph with its eight
-bias and residual `Add`s deleted, the most that folding them into neighbouring kernels could save.
+four, plus a Cast of the ids to int32; exact to float rounding); and an upper bound that is
+not a model: the graph with its eight bias and residual `Add`s deleted, the most that folding
+them into neighbouring kernels could save.
 """
 
 from __future__ import annotations
