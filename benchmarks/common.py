@@ -82,6 +82,21 @@ def latencies(fn: Callable[[T], object], calls: Sequence[T]) -> dict[str, float]
             "p95_ms": statistics.quantiles(times, n=20, method="inclusive")[-1]}
 
 
+def ort_options(level: Any = None, threads: int = 0,
+                config: dict[str, str] | None = None) -> Any:
+    """ORT SessionOptions: graph optimisation ``level`` (None: all), intra-op ``threads`` (0:
+    ORT's default), extra session config entries."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None \
+        else level
+    opts.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import ROOT, latencies, real_texts, save
+from common import ROOT, latencies, ort_options, real_texts, save
 from onnx import helper
 
 from textclf.export import export_onnx
@@ -41,12 +41,9 @@ Level = ort.GraphOptimizationLevel
 
 def session(graph: bytes, level: Level = Level.ORT_ENABLE_ALL, threads: int = 0,
             config: dict[str, str] | None = None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = level
-    opts.intra_op_num_threads = threads
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"],
+    """A CPU session over ``graph`` with the Predictor's disabled fusions and these options."""
+    return ort.InferenceSession(graph, ort_options(level, threads, config),
+                                providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(SLOW_ORT_FUSIONS))
 
 
@@ -62,7 +59,7 @@ def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             node.input[i] = name
 
 
-def embed_layer_norm(proto: onnx.ModelProto) -> bytes:
+def embed_layer_norm(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Gather(tok) + Gather(pos, Range) + Add + the first LayerNorm -> one EmbedLayerNormalization.
 
     Its third output is the embeddings' sum, which the pre-norm blocks' residual stream starts
@@ -86,10 +83,10 @@ def embed_layer_norm(proto: onnx.ModelProto) -> bytes:
     kept[at:at] = [cast, fused]
     del graph.node[:]
     graph.node.extend(kept)  # the Range (and its Shape) stay: the padding mask uses them
-    return model.SerializeToString()
+    return model
 
 
-def without_bias_and_residual_adds(proto: onnx.ModelProto) -> bytes:
+def without_bias_and_residual_adds(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Timing only, wrong logits: each MatMul -> Add(bias) -> Add(residual) chain cut to MatMul."""
     model = onnx.ModelProto.FromString(proto.SerializeToString())
     graph = model.graph
@@ -111,7 +108,7 @@ def without_bias_and_residual_adds(proto: onnx.ModelProto) -> bytes:
     kept_weights = [i for i in graph.initializer if i.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept_weights)
-    return model.SerializeToString()
+    return model
 
 
 def main() -> None:
@@ -139,10 +136,9 @@ def main() -> None:
         "threads_1": session(shipped, threads=1),
         "threads_3": session(shipped, threads=3),
         "no_spinning": session(shipped, config={"session.intra_op.allow_spinning": "0"}),
-        **{variant: session(graph) for variant, graph in graphs.items()},
+        **{variant: session(graph.SerializeToString()) for variant, graph in graphs.items()},
     }
-    nodes = {variant: len(onnx.ModelProto.FromString(graphs.get(variant, shipped)).graph.node)
-             for variant in sessions}
+    nodes = {variant: len(graphs.get(variant, proto).graph.node) for variant in sessions}
     name = predictor.input_name
     reference = [predictor.logits(ids) for ids in calls]
     max_diff = {variant: float(max(np.abs(s.run(None, {name: ids})[0] - ref).max()

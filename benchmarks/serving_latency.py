@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import ROOT, latencies, real_texts, save
+from common import ROOT, latencies, ort_options, real_texts, save
 
 from textclf.export import export_onnx
 from textclf.model import load_bundle
@@ -46,14 +46,6 @@ def throughput(fn: Callable[[list[str]], object], texts: list[str], batch: int =
     for i in range(0, len(texts), batch):
         fn(texts[i:i + batch])
     return len(texts) / (time.perf_counter() - started)
-
-
-def options(level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            threads: int = 0) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = level
-    opts.intra_op_num_threads = threads
-    return opts
 
 
 class EagerPredictor(Predictor):
@@ -84,7 +76,7 @@ def breakdown(predictor: Predictor, int8: Predictor, eager: torch.nn.Module,
         "eager_forward_p50_ms": eager_forward["p50_ms"],
     }
     # Per-op kernel times from ORT's own profiler (it slows every op, so shares, not totals).
-    opts = options()
+    opts = ort_options()
     opts.enable_profiling = True
     profiled = Predictor(predictor.path, ["CPUExecutionProvider"], opts)
     for row in ids:
@@ -191,17 +183,17 @@ def main() -> None:
 
     predictors = {"ort": ort_default} | {
         name: Predictor(fp32_path, ["CPUExecutionProvider"], opts) for name, opts in {
-            "ort_extended_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
-            "ort_1_thread": options(threads=1),
-            "ort_basic_opt": options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
-            "ort_no_opt": options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+            "ort_extended_opt": ort_options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+            "ort_1_thread": ort_options(threads=1),
+            "ort_basic_opt": ort_options(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+            "ort_no_opt": ort_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
         }.items()} | {
         "ort_int8_dynamic": Predictor(int8_path, ["CPUExecutionProvider"]),
         # Default options are the caller's choice: one session, ORT's threads for every call.
         "ort_int8_dynamic_one_session": Predictor(int8_path, ["CPUExecutionProvider"],
-                                                  options()),
+                                                  ort_options()),
         "ort_int8_dynamic_1_thread": Predictor(int8_path, ["CPUExecutionProvider"],
-                                               options(threads=1)),
+                                               ort_options(threads=1)),
         "ort_without_fusions": Predictor(portable_path, ["CPUExecutionProvider"]),
         "ort_without_fusions_skiplayernorm": _skiplayernorm_fused(portable_path),
         "ort_int8_dynamic_skiplayernorm": _skiplayernorm_fused(int8_path),
