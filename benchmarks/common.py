@@ -22,7 +22,7 @@ def real_texts(split: str = "train") -> tuple[list[str], list[int]]:
     """Cleaned texts and 0-based labels of the shared AG News file, as the pipeline sees them."""
     import pandas as pd
 
-    from textclf.text import join_title_description
+    from textclf.serving.text import join_title_description
 
     path = SHARED_DATA / f"{split}.csv"
     if not path.is_file():

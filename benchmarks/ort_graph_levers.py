@@ -31,10 +31,10 @@ import onnxruntime as ort
 from common import ROOT, latencies, ort_options, real_texts, save
 from onnx import helper
 
-from textclf.export import export_onnx
-from textclf.model import load_bundle
-from textclf.ort_fusion import SLOW_ORT_FUSIONS
+from textclf.modeling.bundle import load_bundle
 from textclf.predict import Predictor
+from textclf.serving.contract import SLOW_ORT_FUSIONS
+from textclf.stages.export import export_onnx
 
 Level = ort.GraphOptimizationLevel
 

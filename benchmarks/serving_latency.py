@@ -35,9 +35,9 @@ import onnxruntime as ort
 import torch
 from common import ROOT, latencies, ort_options, real_texts, save
 
-from textclf.export import export_onnx
-from textclf.model import load_bundle
+from textclf.modeling.bundle import load_bundle
 from textclf.predict import Predictor, softmax
+from textclf.stages.export import export_onnx
 
 
 def throughput(fn: Callable[[list[str]], object], texts: list[str], batch: int = 256) -> float:

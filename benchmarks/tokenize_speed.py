@@ -2,7 +2,7 @@
 
     python benchmarks/tokenize_speed.py [--repeats 5]
 
-Times `tokenization.run` without its teacher (read parquet, split, encode, vocabulary, pad,
+Times `tokenize.run` without its teacher (read parquet, split, encode, vocabulary, pad,
 save) on the real
 20k-train + 3.8k-test files in a temp project, median of repeats, and extrapolates linearly to
 the full 120k-row train split (stated as an extrapolation: the full file is not available here).
@@ -14,7 +14,6 @@ loop, and `clean_text`'s shortcut with running every pass.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -24,10 +23,12 @@ from pathlib import Path
 import pandas as pd
 from common import ROOT, median_of, real_texts, save, timed
 
-from textclf import tokenization
-from textclf.config import Paths, load_params
-from textclf.text import _clean_all_passes, clean_text
-from textclf.tokenizer import load_encoding
+from textclf.core.config import load_params
+from textclf.core.paths import Paths
+from textclf.serving import encoding as encoding_layer
+from textclf.serving.text import _clean_all_passes, clean_text
+from textclf.serving.tokenizer import load_encoding
+from textclf.stages import tokenize
 
 FULL_TRAIN_ROWS = 120_000
 
@@ -39,8 +40,8 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     # Tokenization alone: the stage's optional teacher (TF-IDF folds) is timed separately below.
-    params = dataclasses.replace(params, tokenize=dataclasses.replace(params.tokenize,
-                                                                      teacher_folds=0))
+    params = params.model_copy(
+        update={"tokenize": params.tokenize.model_copy(update={"teacher_folds": 0})})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         validated = root / "data" / "validated"
@@ -52,8 +53,8 @@ def main() -> None:
                 validated / f"{split}.parquet")
         (validated / "labels.json").write_text(
             json.dumps({"label_names": list(params.validate.label_names)}))
-        tokenization.run(params, Paths(root))  # warm-up: imports, encoding load
-        stage = [timed(lambda: tokenization.run(params, Paths(root)))
+        tokenize.run(params, Paths(root))  # warm-up: imports, encoding load
+        stage = [timed(lambda: tokenize.run(params, Paths(root)))
                  for _ in range(args.repeats)]
 
     all_texts = texts["train"] + texts["test"]
@@ -61,11 +62,11 @@ def main() -> None:
     max_length = params.tokenize.max_length
     encoding_name = params.tokenize.encoding
     encoders = {
-        "clean+encode, forked workers (used)": lambda: tokenization.encode_corpus(
+        "clean+encode, forked workers (used)": lambda: tokenize.encode_corpus(
             encoding_name, all_texts, max_length, lowercase=False),
-        "clean+encode, one process": lambda: tokenization.encode_corpus(
+        "clean+encode, one process": lambda: tokenize.encode_corpus(
             encoding_name, all_texts, max_length, lowercase=False, workers=1),
-        "plain_loop": lambda: tokenization.encode(encoding, all_texts, max_length),
+        "plain_loop": lambda: encoding_layer.encode(encoding, all_texts, max_length),
         "encode_ordinary_batch_2_threads": lambda: encoding.encode_ordinary_batch(
             all_texts, num_threads=2),
         "encode_ordinary_batch_1_thread": lambda: encoding.encode_ordinary_batch(

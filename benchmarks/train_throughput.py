@@ -30,11 +30,14 @@ from common import median_of, real_texts, save, timed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from textclf import batching, tokenization, train
-from textclf import model as model_module
-from textclf.config import ModelConfig, TrainConfig
-from textclf.model import TextClassifier
-from textclf.tokenizer import load_encoding, pad_id
+from textclf.core.config import ModelConfig, load_params
+from textclf.modeling import batching
+from textclf.modeling import network as model_module
+from textclf.modeling.network import TextClassifier
+from textclf.modeling.precision import resolve_precision
+from textclf.serving import encoding as encoding_layer
+from textclf.serving.tokenizer import load_encoding, pad_id
+from textclf.stages import tokenize, train
 
 SEQ, D_MODEL, LAYERS, HEADS, D_FF, BATCH = 256, 128, 6, 4, 512, 128
 
@@ -99,9 +102,11 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
                  average_weights: bool = True) -> Callable[[], None]:
     """A closure that runs the project's own train_step (+ weight average) over every sample."""
     torch.manual_seed(0)
-    cfg = TrainConfig(batch_size=BATCH, precision=precision)  # type: ignore[arg-type]
-    resolved = train.resolve_precision(cfg)
-    model = TextClassifier(ModelConfig(D_MODEL, LAYERS, HEADS, D_FF, dropout=0.0), vocab_rows,
+    # The repo's training recipe at this script's batch size and the precision under test.
+    cfg = load_params().train.model_copy(update={"batch_size": BATCH, "precision": precision})
+    resolved = resolve_precision(cfg)
+    model = TextClassifier(ModelConfig(d_model=D_MODEL, n_layers=LAYERS, n_heads=HEADS,
+                                       d_ff=D_FF, dropout=0.0), vocab_rows,
                            num_labels=4, max_length=SEQ)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=resolved.scaled)
@@ -149,12 +154,12 @@ def main() -> None:
     texts, all_labels = real_texts("train")
     pick = np.random.default_rng(0).choice(len(texts), size=args.samples, replace=False)
     encoding = load_encoding("cl100k_base")
-    flat, lengths = tokenization.encode_corpus("cl100k_base", [texts[i] for i in pick], SEQ,
+    flat, lengths = tokenize.encode_corpus("cl100k_base", [texts[i] for i in pick], SEQ,
                                                lowercase=False)
     labels = np.array([all_labels[i] for i in pick], dtype=np.int64)
-    raw = tokenization.pad_flat(flat, lengths, pad_id(encoding), width=SEQ)
-    kept = tokenization.build_vocab(flat, encoding.n_vocab, size=0, min_freq=1)
-    compact = tokenization.compact_map(kept, encoding.n_vocab, pad_id(encoding))[raw]
+    raw = encoding_layer.pad_flat(flat, lengths, pad_id(encoding), width=SEQ)
+    kept = tokenize.build_vocab(flat, encoding.n_vocab, size=0, min_freq=1)
+    compact = encoding_layer.compact_map(kept, encoding.n_vocab, pad_id(encoding))[raw]
     compact_rows = len(kept) + 2
 
     variants: dict[str, Callable[[], Callable[[], None]]] = {

@@ -81,15 +81,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --- A tiny trained model on the synthetic corpus, for evaluate / export / parity / predict. ---
-# Built once per session from the synthetic corpus through `tokenization.run` and a short
-# training loop here, so these tests depend on neither the validate nor the train stage.
+# Built once per session by the real stages (`tokenize.run`, then `train.run` with the repo's
+# recipe at a tiny size), so those tests run on exactly what the pipeline makes.
 
 
 def tiny_params(**overrides: dict) -> object:
-    """``tests.helpers.small_params`` plus small evaluate/parity batches."""
+    """``tests.helpers.small_params`` trained long enough to learn the synthetic topics, with
+    small evaluate/parity batches; the device is pinned so weights compare bit for bit."""
     from tests.helpers import small_params
 
     sized = {"model": {"dropout": 0.0},
+             "train": {"epochs": 6, "device": "cpu"},
              "evaluate": {"batch_size": 16, "n_misclassified": 5},
              "parity": {"batch_size": 32, "latency_runs": 5}}
     for section, values in overrides.items():
@@ -97,63 +99,30 @@ def tiny_params(**overrides: dict) -> object:
     return small_params(**sized)
 
 
-def train_tiny_bundle(paths: object, params: object, steps: int = 80, seed: int = 0) -> None:
-    """Train the tiny model a few steps on data/tokens and save models/model.pt."""
-    import numpy as np
-    import torch
-
-    import textclf
-    from textclf.model import Bundle, TextClassifier, TokenizerInfo, save_bundle
-    from textclf.tokenization import load_split, load_vocab
-
-    torch.manual_seed(seed)
-    vocab = load_vocab(paths.tokens)
-    train = load_split(paths.tokens, "train")
-    raw_ids = torch.tensor(vocab["raw_ids"], dtype=torch.int64)
-    model = TextClassifier(params.model, vocab_rows=len(raw_ids) + 2,
-                           num_labels=len(vocab["label_names"]),
-                           max_length=vocab["max_length"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(steps):
-        rows = rng.choice(len(train["ids"]), size=32, replace=False)
-        ids = torch.from_numpy(train["ids"][rows].astype(np.int64))
-        labels = torch.from_numpy(train["labels"][rows])
-        loss = torch.nn.functional.cross_entropy(model(ids), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    tokenizer = TokenizerInfo(encoding=vocab["encoding"], max_length=vocab["max_length"],
-                              pad_id=vocab["pad_id"], n_vocab=vocab["n_vocab"])
-    bundle = Bundle(model=model, vocab_raw_ids=raw_ids, label_names=list(vocab["label_names"]),
-                    tokenizer=tokenizer, train_config={"steps": steps},
-                    package_version=textclf.__version__)
-    save_bundle(paths.model, bundle)
-
-
 @pytest.fixture(scope="session")
 def tiny_model_project(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """Paths of a project holding data/validated, data/tokens and a trained models/model.pt."""
+    """Paths of a project holding data/validated, data/tokens and models/model.pt made by the
+    tokenize and train stages (treat as read-only)."""
     from tests.helpers import write_validated
-    from textclf import tokenization
-    from textclf.config import Paths
+    from textclf.core.paths import Paths
+    from textclf.stages import tokenize, train
 
     root = tmp_path_factory.mktemp("tiny_model_project")
     corpus = make_corpus(tmp_path_factory.mktemp("tiny_corpus"))
     write_validated(root, corpus, LABEL_NAMES)
     paths = Paths(root)
     params = tiny_params()
-    tokenization.run(params, paths)
-    train_tiny_bundle(paths, params)
+    tokenize.run(params, paths)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # dvclive looks for a DVC repo from the cwd: not this checkout's
+        train.run(params, paths)
     return paths
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model_project: object) -> Path:
     """models/model.onnx exported from the tiny project's model (treat as read-only)."""
-    from textclf import export
+    from textclf.stages import export
 
     export.run(tiny_params(), tiny_model_project)
     return tiny_model_project.onnx

@@ -10,8 +10,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from textclf.config import Params, params_from_dict
-from textclf.text import join_title_description
+from textclf.core.config import Params, params_from_dict
+from textclf.serving.text import join_title_description
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,8 @@ def small_params(**overrides: dict[str, Any]) -> Params:
     sized = {
         "tokenize": {"max_length": 48},
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "precision": "fp32"},
+        # fp32 on the CPU: tests compare weights bit for bit, which a GPU run would not give.
+        "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "precision": "fp32", "device": "cpu"},
     }
     for section, values in overrides.items():
         sized.setdefault(section, {}).update(values)

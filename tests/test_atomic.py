@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from textclf.atomic import atomic_dir, atomic_path, write_json
+from textclf.core.atomic import atomic_dir, atomic_path, write_json
 
 
 def test_failed_write_leaves_target_and_no_temp(tmp_path) -> None:
@@ -42,3 +42,15 @@ def test_outputs_get_umask_permissions(tmp_path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_killed_runs_temporary_siblings_are_cleared_by_the_next_write(tmp_path) -> None:
+    # SIGKILL leaves the temporary sibling behind; the next write of that output removes it.
+    (tmp_path / ".tokens.k1ll3d.tmp").mkdir()
+    (tmp_path / ".tokens.k1ll3d.tmp" / "train.npz").write_bytes(b"half")
+    (tmp_path / ".eval.json.x9.tmp").write_text("{")
+    (tmp_path / ".tokens.keep").write_text("not ours")
+    with atomic_dir(tmp_path / "tokens") as out:
+        (out / "vocab.json").write_text("{}")
+    write_json(tmp_path / "eval.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tokens.keep", "eval.json", "tokens"]

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from tests.conftest import LABEL_NAMES, tiny_params
-from textclf import evaluate
-from textclf.config import Paths
-from textclf.errors import TextclfError
-from textclf.model import batched_logits, load_bundle, save_bundle
-from textclf.tokenization import load_split
+from textclf.core.artifacts import load_split
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling.batching import batched_logits
+from textclf.modeling.bundle import load_bundle, save_bundle
+from textclf.stages import evaluate
 
 
 def _copy_project(source: Paths, root: Path) -> Paths:

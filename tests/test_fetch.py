@@ -16,9 +16,10 @@ import pytest
 
 from tests.conftest import make_corpus, write_sha256sums
 from tests.helpers import params_dict
-from textclf import fetch
-from textclf.config import Params, Paths, params_from_dict
-from textclf.errors import TextclfError
+from textclf.core.config import Params, params_from_dict
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.stages import fetch
 
 
 def make_params(overrides: dict[str, Any]) -> Params:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import LABEL_NAMES
 from textclf.cli import app
-from textclf.errors import TextclfError
+from textclf.core.errors import TextclfError
 from textclf.predict import Predictor
 
 SPORTS = "Coach praises team after league match victory, season goal record for the player"

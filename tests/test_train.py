@@ -10,17 +10,21 @@ import torch
 
 from tests.conftest import LABEL_NAMES
 from tests.helpers import small_params, write_validated
-from textclf import batching, checkpoint, tokenization, train
-from textclf.config import Paths
-from textclf.errors import TextclfError
-from textclf.model import load_bundle
+from textclf.core import artifacts
+from textclf.core.codedeps import PACKAGE_DIR, import_closure
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling import batching, checkpoint, network
+from textclf.modeling.bundle import load_bundle
+from textclf.modeling.precision import resolve_precision
+from textclf.stages import tokenize, train
 
 
 @pytest.fixture
 def tokens_root(tmp_path_factory, corpus_dir):
     root = tmp_path_factory.mktemp("project")
     write_validated(root, corpus_dir, LABEL_NAMES)
-    tokenization.run(small_params(), Paths(root))
+    tokenize.run(small_params(), Paths(root))
     return root
 
 
@@ -62,8 +66,8 @@ def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
 def test_refit_trains_on_the_validation_rows_and_ships_the_last_epoch(tokens_root,
                                                                       monkeypatch) -> None:
     tokens = tokens_root / "data" / "tokens"
-    train_rows = tokenization.load_split(tokens, "train")
-    val_rows = tokenization.load_split(tokens, "val")
+    train_rows = artifacts.load_split(tokens, "train")
+    val_rows = artifacts.load_split(tokens, "val")
     n_train, n_all = len(train_rows["labels"]), len(train_rows["labels"]) + len(val_rows["labels"])
     seen: dict[int, list[int]] = {}
     real_trimmed = train.trimmed
@@ -154,13 +158,19 @@ def test_checkpoint_of_other_training_code_is_not_resumed(tokens_root, tmp_path,
                                                           monkeypatch) -> None:
     _train(tokens_root, train={"epochs": 1})
     assert _train(tokens_root, train={"epochs": 1})["resumed"] is True
-    # The same run after an edit to the model code: a copy of the code with one line changed.
-    edited = [tmp_path / path.name for path in train.TRAINING_CODE]
-    for source, copy in zip(train.TRAINING_CODE, edited, strict=True):
+    # The same run after an edit to any file the stage imports (here the serving layer's id
+    # encoding, far from train.py): copies of its import closure with that one file changed.
+    closure = import_closure("textclf.stages.train")
+    copies = []
+    for source in closure:
+        copy = tmp_path / "code" / source.relative_to(PACKAGE_DIR)
+        copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(source.read_bytes())
-    with edited[-1].open("a") as fh:
+        copies.append(copy)
+    assert tmp_path / "code" / "serving" / "encoding.py" in copies
+    with (tmp_path / "code" / "serving" / "encoding.py").open("a") as fh:
         fh.write("# edited\n")
-    monkeypatch.setattr(train, "TRAINING_CODE", tuple(edited))
+    monkeypatch.setattr(train, "import_closure", lambda module: tuple(copies))
     summary = _train(tokens_root, train={"epochs": 1})
     assert summary["resumed"] is False
     runtime = json.loads((tokens_root / "metrics" / "runtime" / "train.json").read_text())
@@ -186,12 +196,12 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 def test_precision_choice() -> None:
     params = small_params(train={"precision": "fp32", "device": "cpu"})
-    assert train.resolve_precision(params.train).dtype is None
-    bf16 = train.resolve_precision(small_params(train={"precision": "bf16"}).train)
+    assert resolve_precision(params.train).dtype is None
+    bf16 = resolve_precision(small_params(train={"precision": "bf16"}).train)
     assert bf16.dtype == torch.bfloat16 and not bf16.scaled
     if not torch.cuda.is_available():
         with pytest.raises(TextclfError, match="no CUDA device"):
-            train.resolve_precision(small_params(train={"device": "cuda"}).train)
+            resolve_precision(small_params(train={"device": "cuda"}).train)
 
 
 def test_distillation_needs_teacher_labels(tokens_root, tmp_path) -> None:
@@ -232,8 +242,22 @@ def test_token_dropout_keeps_padding_and_rate() -> None:
     assert torch.equal(train.drop_tokens(ids, 0.0), ids)
 
 
-def test_bf16_autocast_trains(tokens_root) -> None:
-    summary = _train(tokens_root, train={"precision": "bf16", "epochs": 1, "refit": False})
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16),
+                                                ("fp32", torch.float32)])
+def test_training_runs_in_the_precision_asked_for(tokens_root, monkeypatch, precision,
+                                                  dtype) -> None:
+    head_outputs: set[torch.dtype] = set()
+    forward = network.TextClassifier.forward
+
+    def recording(self, ids):
+        logits = forward(self, ids)
+        if self.training:
+            head_outputs.add(logits.dtype)
+        return logits
+
+    monkeypatch.setattr(network.TextClassifier, "forward", recording)
+    summary = _train(tokens_root, train={"precision": precision, "epochs": 1, "refit": False})
+    assert head_outputs == {dtype}  # every training step's matmuls ran under that autocast
     assert summary["best_val_acc"] > 0.25
 
 

@@ -75,8 +75,19 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def test_there_are_the_two_workflows() -> None:
-    assert [p.name for p in WORKFLOWS] == ["ci.yml", "pipeline.yml"]
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_install_takes_the_pinned_versions(path: Path) -> None:
+    # A workflow that installs unpinned would test (or ship) other versions than a reproduction.
+    scripts = [step["run"] for job in load(path)["jobs"].values() for step in job["steps"]
+               if "run" in step]
+    installs = [line.strip() for script in scripts for line in script.splitlines()
+                if "pip install" in line]
+    assert installs, path.name
+    for line in installs:
+        assert "-c constraints.txt" in line or line.endswith('"$torch_pin"'), line
+    for script in scripts:
+        if "$torch_pin" in script:
+            assert "torch_pin=\"$(grep -E '^torch==' constraints.txt)\"" in script
 
 
 def test_actionlint_passes(tmp_path: Path) -> None:

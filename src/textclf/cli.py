@@ -1,8 +1,9 @@
 """`textclf`: one command per pipeline stage, plus `predict` and `report`.
 
 Thin on purpose: load params.yaml once, call the stage's ``run(params, paths)``, and turn a
-``TextclfError`` into its message on stderr and exit status 1. Stage modules are imported only
-when their command runs, so `textclf predict` never imports torch.
+``TextclfError``, or a file-system fault (no space, read-only, permission denied, path too
+long), into one paragraph on stderr and exit status 1. Stage modules are imported only when
+their command runs, so `textclf predict` never imports torch.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import typer
 
-from textclf.config import Paths, load_params
-from textclf.errors import TextclfError
+from textclf.core.config import load_params
+from textclf.core.errors import TextclfError, filesystem_error
+from textclf.core.paths import Paths
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,10 +36,6 @@ def _fail(exc: TextclfError) -> None:
     raise typer.Exit(code=1)
 
 
-# `tokenize` lives in tokenization.py: a module named tokenize.py would shadow the stdlib's.
-_MODULES = {"tokenize": "tokenization"}
-
-
 def _run_stage(stage: str, params_path: Path) -> None:
     # Analytics are off for every tool this project drives (no network here, and no surprise
     # traffic for users); respected if a user has set them otherwise.
@@ -46,10 +44,15 @@ def _run_stage(stage: str, params_path: Path) -> None:
     started = time.perf_counter()
     try:
         params = load_params(params_path)
-        module = importlib.import_module(f"textclf.{_MODULES.get(stage, stage)}")
+        module = importlib.import_module(f"textclf.stages.{stage}")
         summary = module.run(params, Paths())
     except TextclfError as exc:
         _fail(exc)
+    except OSError as exc:
+        known = filesystem_error(exc, stage)
+        if known is None:
+            raise
+        _fail(known)
     if summary:
         typer.echo(json.dumps(summary, sort_keys=True))
     typer.echo(f"textclf {stage}: done in {time.perf_counter() - started:.1f} s", err=True)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textclf.atomic import write_text
-from textclf.errors import TextclfError
+from textclf.core.atomic import write_text
+from textclf.core.errors import TextclfError
 
 # The pull-request workflow finds its own earlier comment by this marker and edits it in place,
 # so every push updates one comment instead of adding another.

@@ -62,7 +62,7 @@ def results(root: Path) -> dict[str, str]:
 
 def model_state(root: Path) -> dict[str, Any]:
     """models/model.pt's contents: every tensor as bytes, every other field as is."""
-    from textclf.model import safe_torch_load
+    from textclf.modeling.bundle import safe_torch_load
 
     payload = safe_torch_load(root / "models" / "model.pt")
     payload["state_dict"] = {k: v.numpy().tobytes() for k, v in payload["state_dict"].items()}
@@ -72,7 +72,7 @@ def model_state(root: Path) -> dict[str, Any]:
 
 def final_training_state(root: Path) -> dict[str, Any]:
     """The last epoch's weights and optimiser moments, from models/checkpoint/last.pt."""
-    from textclf.model import safe_torch_load
+    from textclf.modeling.bundle import safe_torch_load
 
     payload = safe_torch_load(root / "models" / "checkpoint" / "last.pt")
     weights = {k: v.numpy().tobytes() for k, v in payload["model"].items()}
@@ -217,7 +217,7 @@ def test_sigkilled_repro_resumes_training_and_ends_as_if_never_killed(
     # checkpointed, no model written.
     assert proc.returncode == -signal.SIGKILL, killed_output[-3000:]
     assert "epoch 2/" not in killed_output, "the kill landed after epoch 2: make epochs longer"
-    from textclf.model import safe_torch_load
+    from textclf.modeling.bundle import safe_torch_load
 
     assert safe_torch_load(checkpoint)["epoch"] == 1
     assert not (repo.root / "models" / "model.pt").exists()
@@ -246,8 +246,12 @@ def test_sigkilled_repro_resumes_training_and_ends_as_if_never_killed(
     assert final_training_state(repo.root) == final_training_state(reference.repo.root)
     assert md5(repo.root / "models" / "model.onnx") == md5(
         reference.repo.root / "models" / "model.onnx")
-    # And the workspace is consistent again: nothing left to run.
+    # And the workspace is consistent again: nothing left to run, and the temporary folder the
+    # killed run's dvclive was writing (metrics/.train.*.tmp) was cleared by the resumed run.
     assert stages_ran(repo.run("dvc", "repro").stdout) == set()
+    leftovers = [p for folder in ("data", "models", "metrics")
+                 for p in (repo.root / folder).rglob(".*.tmp")]
+    assert not leftovers
 
 
 def test_same_seed_gives_identical_metrics_weights_and_onnx(reference: Run, rerun: Run) -> None:

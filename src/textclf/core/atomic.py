@@ -7,6 +7,7 @@ A rename within one directory is atomic on POSIX, so readers see the old output 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -23,14 +24,18 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     On any exception the temporary file is removed and ``target`` is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _naming(target, temp_too=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
-        yield tmp
-        os.replace(tmp, target)
+        with _naming(target):
+            yield tmp
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -39,11 +44,14 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; swap it in for ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _naming(target, temp_too=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())
     try:
-        yield tmp
+        with _naming(target):
+            yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -54,6 +62,29 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(target: Path, temp_too: bool = False) -> Iterator[None]:
+    """Name ``target`` in a file-system error about writing it: the user needs the output, not
+    the temporary name (``temp_too``), nor no name at all (numpy, torch and pandas write through
+    open handles, and a full disk then names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and (temp_too or exc.filename is None):
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
+
+
+def _remove_leftovers(target: Path) -> None:
+    # A run killed with SIGKILL cannot remove its temporary sibling; the next write of the same
+    # output does (DVC runs one stage of a workspace at a time, so no other run is using it).
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -4,7 +4,7 @@ Reads  models/model.pt, models/model.onnx, data/validated/test.parquet,
        data/tokens/{test.npz,vocab.json}
 Writes metrics/parity.json (only when parity holds; otherwise the stage fails with the figures)
 
-Both engines get the same raw-id batches, produced by the serving path (`predict.Predictor`:
+Both engines get the same raw-id batches, produced by the serving path (`Predictor`:
 clean -> tiktoken -> truncate -> pad), over the whole test split plus edge cases (empty text, one
 token, exactly max_length tokens, far beyond it, non-Latin script). The serving ids are also
 compared with the tokens the model was evaluated on, to catch a train/serve tokenization skew.
@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from textclf.atomic import write_json
-from textclf.config import Params, ParityConfig, Paths
-from textclf.errors import TextclfError
-from textclf.model import Bundle, load_bundle
-from textclf.predict import Predictor
-from textclf.tokenization import compact_map, load_split, load_vocab
+from textclf.core.artifacts import load_split, load_vocab, texts_of_rows
+from textclf.core.atomic import write_json
+from textclf.core.config import Params, ParityConfig
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling.bundle import Bundle, load_bundle
+from textclf.serving.encoding import compact_map
+from textclf.serving.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,9 @@ class ParityReport:
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    import pandas as pd
-
     bundle = load_bundle(paths.model)
-    test_path = paths.validated / "test.parquet"
-    if not test_path.exists():
-        raise TextclfError(f"{test_path}: not found. Run `dvc repro validate` first.")
-    all_texts = pd.read_parquet(test_path, columns=["text"])["text"].astype(str).tolist()
     tokens = load_split(paths.tokens, "test")
-    texts = [all_texts[i] for i in tokens["rows"]]
+    texts = texts_of_rows(paths.validated / "test.parquet", tokens["rows"])
 
     predictor = Predictor(paths.onnx, providers=["CPUExecutionProvider"])
     report = check_parity(bundle, predictor, texts, params.parity, tokens["labels"])
@@ -112,8 +108,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     skew = tokenization_skew(predictor, texts, tokens["ids"], load_vocab(paths.tokens),
                              params.parity.batch_size)
     metrics = {**report.metrics(), "serving_token_mismatch_rows": skew}
-    write_json(paths.metrics / "parity.json", metrics)
-    write_json(paths.runtime / "parity.json", report.latency())
+    write_json(paths.parity_metrics, metrics)
+    write_json(paths.parity_runtime, report.latency())
     return {**metrics, "latency": report.latency()}
 
 
@@ -185,15 +181,12 @@ def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.
 
 
 def _check_same_model(bundle: Bundle, predictor: Predictor, onnx_path: Path | str) -> None:
-    tok = bundle.tokenizer
-    ours = (bundle.label_names, tok.encoding, tok.max_length, tok.pad_id, tok.lowercase)
-    theirs = (predictor.label_names, predictor.encoding_name, predictor.max_length,
-              predictor.pad_id, predictor.lowercase)
-    if ours != theirs:
+    ours, theirs = bundle.metadata(), predictor.metadata
+    if (ours.label_names, ours.tokenizer) != (theirs.label_names, theirs.tokenizer):
         raise TextclfError(
-            f"parity: {onnx_path} describes another model (labels, encoding, max_length, pad_id, "
-            f"lowercase = {theirs}; models/model.pt has {ours}). Re-export it with "
-            "`dvc repro export`."
+            f"parity: {onnx_path} describes another model (labels {theirs.label_names}, "
+            f"{theirs.tokenizer}; models/model.pt has {ours.label_names}, {ours.tokenizer}). "
+            "Re-export it with `dvc repro export`."
         )
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textclf.config import BaselineConfig
-from textclf.errors import TextclfError
+from textclf.core.config import BaselineConfig
+from textclf.core.errors import TextclfError
 
 
 def fit(texts: Sequence[str], labels: np.ndarray, cfg: BaselineConfig):

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from textclf.atomic import atomic_dir
-from textclf.config import FetchConfig, Params, Paths
-from textclf.errors import TextclfError
+from textclf.core.atomic import atomic_dir
+from textclf.core.config import FetchConfig, Params
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
 
 SPLITS = ("train", "test")
 SUMS_NAME = "SHA256SUMS"

@@ -10,7 +10,8 @@ a `BiasGelu` feed-forward: ~45 ops in all. ORT-only ops, so the file then needs 
 Not fused on purpose: `SkipLayerNormalization` (Add + LayerNormalization). On this CPU its kernel
 took ~40 us where Add + LayerNormalization took ~5 us at these shapes (a side run), and the
 whole model was 2-4% slower where ORT fused one itself (benchmarks/serving_latency.py,
-`..._skiplayernorm` rows); `predict.Predictor` therefore disables ORT's `SkipLayerNormFusion`.
+`..._skiplayernorm` rows); `Predictor` therefore disables ORT's `SkipLayerNormFusion`
+(serving/contract.py).
 
 Pattern rewriting is onnxscript's (the exporter's own library); only the last step, packing
 Q, K and V into one `Attention`, is done here, on the exact subgraph the first steps leave.
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import onnx
 
-from textclf.errors import TextclfError
+from textclf.core.errors import TextclfError
 
-# ORT's graph transformer that would re-introduce SkipLayerNormalization at session start.
-SLOW_ORT_FUSIONS = ("SkipLayerNormFusion",)
 # A bias at or below this hides a key: exp() of it underflows to exactly 0 in float32.
 _HIDDEN_KEY_SCORE = -1e4
 

@@ -9,7 +9,7 @@ Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, la
 The validation split is carved out of the training file here (stratified, seeded), so model
 selection never sees the test file. The compact vocabulary covers only ids seen in the training
 split: the embedding table shrinks from ~100k rows to the few tens of thousands the data uses.
-Encoding helpers here import numpy and tiktoken only, so `predict` can share them without torch.
+How a text becomes ids is serving/encoding.py's, the same code `predict` runs.
 """
 
 from __future__ import annotations
@@ -20,29 +20,20 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import tiktoken
 
-from textclf.atomic import atomic_dir
-from textclf.baseline import teacher_probabilities
-from textclf.config import Params, Paths
-from textclf.errors import TextclfError
-from textclf.text import model_input
-from textclf.tokenizer import load_encoding, pad_id
+from textclf.core.artifacts import read_validated
+from textclf.core.atomic import atomic_dir
+from textclf.core.config import Params
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling.baseline import teacher_probabilities
+from textclf.serving.encoding import PAD_ROW, compact_map, encode, flatten, pad_flat, take_rows
+from textclf.serving.text import model_input
+from textclf.serving.tokenizer import load_encoding, pad_id
 
-# Compact rows 0 and 1; model.py takes them from here, since this module must not import torch.
-PAD_ROW, UNK_ROW = 0, 1
 SPLITS = ("train", "val", "test")
-
-
-def encode(encoding: tiktoken.Encoding, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Raw tiktoken ids per text, truncated to ``max_length``. Special tokens are plain text."""
-    # A plain loop: encode_ordinary_batch's thread pool costs more per text than it saves on
-    # short texts (measured 2-3x slower on AG News, see benchmarks/tokenize_speed.py).
-    encode_one = encoding.encode_ordinary
-    return [encode_one(text)[:max_length] for text in texts]
 
 
 def encode_corpus(encoding_name: str, texts: Sequence[str], max_length: int, lowercase: bool,
@@ -68,58 +59,6 @@ def encode_corpus(encoding_name: str, texts: Sequence[str], max_length: int, low
             np.concatenate([lengths for _, lengths in results]))
 
 
-def take_rows(flat: np.ndarray, lengths: np.ndarray,
-              rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ragged sub-corpus of ``rows`` (in that order) of a (flat, lengths) corpus."""
-    starts = (np.cumsum(lengths) - lengths)[rows]
-    picked = lengths[rows]
-    # Position k of the output is token (k - first output index of its row) of its row.
-    row_of = np.repeat(np.arange(len(rows)), picked)
-    first_out = np.cumsum(picked) - picked
-    return flat[starts[row_of] + np.arange(len(row_of)) - first_out[row_of]], picked
-
-
-def pad(rows: Sequence[Sequence[int]], pad_value: int, width: int | None = None,
-        table: np.ndarray | None = None, dtype: type = np.int64) -> np.ndarray:
-    """Right-pad to ``width`` (default: the longest row, at least 1) -> (N, width) of ``dtype``.
-
-    With ``table``, every id is looked up in it first (raw -> compact ids).
-    """
-    if len(rows) > _FEW_ROWS:
-        return pad_flat(*flatten(rows), pad_value, width, table, dtype)
-    # A few rows (serving one text at a time): a row loop costs a quarter of the array
-    # operations' fixed overhead (7 us vs 27 us for one text, the same at 32 rows).
-    if width is None:
-        width = max(1, max(map(len, rows), default=0))
-    out = np.full((len(rows), width), pad_value, dtype=dtype)
-    for i, row in enumerate(rows):
-        kept = row[:width]
-        out[i, :len(kept)] = table[kept] if table is not None else kept
-    return out
-
-
-def flatten(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Lists of ids -> (flat ids int64, lengths int64): the form the stage builds arrays from."""
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
-                       count=int(lengths.sum()))
-    return flat, lengths
-
-
-def pad_flat(flat: np.ndarray, lengths: np.ndarray, pad_value: int, width: int | None = None,
-             table: np.ndarray | None = None, dtype: type = np.int64) -> np.ndarray:
-    """``pad`` for a (flat ids, lengths) corpus; rows longer than ``width`` are cut."""
-    if width is None:
-        width = max(1, int(lengths.max(initial=0)))
-    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    kept = flat[position < width]
-    if table is not None:
-        kept = table[kept]  # mapping the real tokens only: several times cheaper than the grid
-    out = np.full((len(lengths), width), pad_value, dtype=dtype)
-    out[np.arange(width)[None, :] < np.minimum(lengths, width)[:, None]] = kept
-    return out
-
-
 def build_vocab(train_ids: np.ndarray, n_vocab: int, size: int, min_freq: int) -> np.ndarray:
     """Raw ids kept in the compact vocabulary, sorted ascending: seen >= min_freq times in the
     training split's flat ids, and the ``size`` most frequent of those when size > 0 (ties:
@@ -130,14 +69,6 @@ def build_vocab(train_ids: np.ndarray, n_vocab: int, size: int, min_freq: int) -
         order = np.lexsort((kept, -counts[kept]))
         kept = np.sort(kept[order[:size]])
     return kept.astype(np.int64)
-
-
-def compact_map(raw_ids: np.ndarray, n_vocab: int, pad: int) -> np.ndarray:
-    """Lookup table raw id -> compact row: the training arrays' and the exported graph's map."""
-    table = np.full(n_vocab, UNK_ROW, dtype=np.int64)
-    table[raw_ids] = np.arange(2, 2 + len(raw_ids))
-    table[pad] = PAD_ROW
-    return table
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float,
@@ -159,10 +90,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float,
 
 
 def run(params: Params, paths: Paths) -> dict[str, int]:
-    import pandas as pd
-
     cfg = params.tokenize
-    frames = {name: _read_validated(paths.validated / f"{name}.parquet")
+    frames = {name: read_validated(paths.validated / f"{name}.parquet", ["label", "text"])
               for name in ("train", "test")}
     label_names = json.loads((paths.validated / "labels.json").read_text())["label_names"]
     encoding = load_encoding(cfg.encoding)
@@ -191,7 +120,7 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     summary: dict[str, int] = {"vocab_rows": len(raw_ids) + 2}
     with atomic_dir(paths.tokens) as out:
         for split in SPLITS:
-            source: pd.DataFrame = frames[split_source[split]]
+            source = frames[split_source[split]]
             rows = split_rows[split]
             split_flat, split_lengths = take_rows(flat, lengths, rows + file_offset[split])
             arrays = {
@@ -218,33 +147,6 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     return summary
 
 
-def _read_validated(path: Path):
-    import pandas as pd
-
-    if not path.exists():
-        raise TextclfError(f"{path}: not found. Run `dvc repro validate` first.")
-    frame = pd.read_parquet(path, columns=["label", "text"])
-    return frame
-
-
-def load_split(tokens_dir: Path, split: str) -> dict[str, np.ndarray]:
-    """One split's arrays as written by ``run``: ids, lengths, labels, rows."""
-    path = tokens_dir / f"{split}.npz"
-    if not path.exists():
-        raise TextclfError(f"{path}: not found. Run `dvc repro tokenize` first.")
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-
-
-def load_vocab(tokens_dir: Path) -> dict:
-    path = tokens_dir / "vocab.json"
-    if not path.exists():
-        raise TextclfError(f"{path}: not found. Run `dvc repro tokenize` first.")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-# Up to this many rows, `pad` fills row by row instead of through `pad_flat`.
-_FEW_ROWS = 16
 # Below this many texts, starting a worker process costs more than it saves.
 _PARALLEL_MIN_TEXTS = 4096
 

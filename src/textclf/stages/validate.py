@@ -23,10 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from textclf.atomic import atomic_dir, write_json
-from textclf.config import Params, Paths, ValidateConfig
-from textclf.errors import TextclfError
-from textclf.text import join_title_description
+from textclf.core.atomic import atomic_dir, write_json
+from textclf.core.config import Params, ValidateConfig
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.serving.text import join_title_description
 
 SPLITS = ("train", "test")
 FIELDS = ("class", "title", "description")
@@ -90,7 +91,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         leakage_rows_dropped=n_leaked,
         leakage_share=round(share, 6),
     )
-    write_json(paths.metrics / "validation.json", metrics)
+    write_json(paths.validation_metrics, metrics)
     return {"train_rows": len(frames["train"]), "test_rows": len(frames["test"]),
             "leakage_rows_dropped": n_leaked, "expectations_passed": len(checks)}
 

@@ -1,5 +1,6 @@
-"""Training rows and batches: which rows and soft labels a run trains on (train.refit,
-distillation), and batches length-bucketed, shuffled and trimmed to their longest real sequence.
+"""Rows and batches: which rows and soft labels a run trains on (train.refit, distillation),
+training batches length-bucketed, shuffled and trimmed to their longest real sequence, and
+scoring in length-sorted batches (`batched_logits`).
 
 Attention costs T^2 and a padded position costs as much as a real one, so batches of similar
 lengths, each cut to its own longest text, train 3.3x faster on this project's CPU than batches
@@ -8,11 +9,15 @@ padded to max_length (benchmarks/results/train_throughput.json).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import numpy as np
 import torch
 
-from textclf.config import TrainConfig
-from textclf.errors import TextclfError
+from textclf.core.config import TrainConfig
+from textclf.core.errors import TextclfError
+from textclf.modeling.network import TextClassifier
 
 BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
 
@@ -72,3 +77,25 @@ def soft_labels(split: dict[str, np.ndarray], cfg: TrainConfig) -> np.ndarray | 
             "train.distill_weight to 0."
         )
     return split["teacher"]
+
+
+def batched_logits(model: TextClassifier, ids: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   device: torch.device | None = None,
+                   autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+    """float32 (N, K) logits for compact ids (N, max_length), in the input's row order.
+
+    Longest rows first, each batch cut to its longest real sequence: attention costs T^2, so
+    similar lengths per batch and no padding to max_length make scoring several times faster.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(ids), model.head.out_features), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            batch = torch.from_numpy(ids[rows, :width].astype(np.int64)).to(device or "cpu")
+            with autocast():
+                logits = model(batch)
+            out[rows] = logits.float().cpu().numpy()
+    return out

@@ -1,11 +1,8 @@
 """Stage `export`: models/model.pt -> models/model.onnx, one self-describing file.
 
 Reads  models/model.pt
-Writes models/model.onnx  (input `input_ids` int64 [batch, seq] raw tiktoken ids, right-padded
-                           with pad_id, seq <= max_length; output `logits` float32 [batch, K];
-                           metadata: label_names, encoding, max_length, pad_id, n_vocab,
-                           lowercase, quantized ("none" or "int8"), ort_fusions ("true":
-                           com.microsoft ops, onnxruntime only), package_version)
+Writes models/model.onnx  (raw tiktoken ids in, logits out, self-describing metadata: the
+                           contract in serving/contract.py)
 
 The graph is `Bundle.raw_id_model()`, so the compact-vocabulary map travels inside the file and
 a client needs only tiktoken and onnxruntime. It is exported with the torch.export-based
@@ -16,7 +13,6 @@ with named symbolic dims (`batch`, `seq`) and no deprecated code path.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import warnings
@@ -26,15 +22,14 @@ from pathlib import Path
 import onnx
 import torch
 
-import textclf
-from textclf.atomic import atomic_path
-from textclf.config import Params, Paths
-from textclf.errors import TextclfError
-from textclf.model import Bundle, load_bundle
-from textclf.ort_fusion import fuse_for_ort
+from textclf.core.atomic import atomic_path
+from textclf.core.config import Params
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling.bundle import Bundle, load_bundle
+from textclf.modeling.ort_fusion import fuse_for_ort
+from textclf.serving.contract import INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME = "input_ids"
-OUTPUT_NAME = "logits"
 # onnx.save refuses a single protobuf above 2 GB; far beyond any model this project trains.
 _PROTOBUF_LIMIT = 2**31
 
@@ -56,9 +51,7 @@ def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool =
     if quantize:
         proto = _int8_dynamic(proto)
     _strip_exporter_provenance(proto)
-    described = {**metadata(bundle), "quantized": "int8" if quantize else "none",
-                 "ort_fusions": "true" if ort_fusions else "false"}
-    for key, value in described.items():
+    for key, value in bundle.metadata(quantize, ort_fusions).props().items():
         proto.metadata_props.add(key=key, value=value)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -75,20 +68,6 @@ def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool =
     with atomic_path(target) as tmp:
         # Weights stay inside the protobuf: one file, no `.data` sidecar to lose.
         onnx.save_model(proto, tmp, save_as_external_data=False)
-
-
-def metadata(bundle: Bundle) -> dict[str, str]:
-    """The file's self-description; ONNX metadata values are strings, lists are JSON."""
-    tok = bundle.tokenizer
-    return {
-        "label_names": json.dumps(list(bundle.label_names)),
-        "encoding": tok.encoding,
-        "max_length": str(tok.max_length),
-        "pad_id": str(tok.pad_id),
-        "n_vocab": str(tok.n_vocab),
-        "lowercase": "true" if tok.lowercase else "false",
-        "package_version": textclf.__version__,
-    }
 
 
 def _to_onnx(bundle: Bundle, opset: int) -> onnx.ModelProto:

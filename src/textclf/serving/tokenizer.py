@@ -15,7 +15,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from textclf.errors import TextclfError
+from textclf.core.errors import TextclfError
 
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 # Same regex and special tokens as tiktoken_ext.openai_public.cl100k_base.

@@ -14,19 +14,19 @@ checkpoint records), so the delta measures the model, not the data.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from textclf.atomic import atomic_path, write_json, write_text
-from textclf.baseline import fit as fit_baseline
-from textclf.batching import joined_splits
-from textclf.config import Params, Paths
-from textclf.errors import TextclfError
-from textclf.model import Bundle, batched_logits, load_bundle
-from textclf.tokenization import load_split, load_vocab
+from textclf.core.artifacts import load_split, load_vocab, texts_of_rows
+from textclf.core.atomic import atomic_path, write_json, write_text
+from textclf.core.config import Params
+from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
+from textclf.modeling.baseline import fit as fit_baseline
+from textclf.modeling.batching import batched_logits, joined_splits
+from textclf.modeling.bundle import Bundle, load_bundle
 
 _TEXT_CHARS = 300  # misclassified.csv stays readable in a terminal and in DVC Studio
 
@@ -40,8 +40,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     train, test = load_split(paths.tokens, "train"), load_split(paths.tokens, "test")
     if bundle.train_config.get("train", {}).get("refit", False):
         train = joined_splits(train, load_split(paths.tokens, "val"))
-    train_texts = _texts(paths.validated / "train.parquet", train["rows"])
-    test_texts = _texts(paths.validated / "test.parquet", test["rows"])
+    train_texts = texts_of_rows(paths.validated / "train.parquet", train["rows"])
+    test_texts = texts_of_rows(paths.validated / "test.parquet", test["rows"])
     names = bundle.label_names
     actual = test["labels"]
 
@@ -60,12 +60,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "train_rows": len(train["labels"]),  # of the model and of the baseline alike
         "test_rows": len(actual),
     }
-    out = paths.metrics
-    write_json(out / "eval.json", report)
+    write_json(paths.eval_metrics, report)
     # One row per line: a readable git diff, and DVC's confusion template reads it as is.
     rows = (json.dumps({"actual": names[a], "predicted": names[p]})
             for a, p in zip(actual, predicted, strict=True))
-    write_text(out / "eval" / "confusion.json", "[\n" + ",\n".join(rows) + "\n]\n")
+    write_text(paths.confusion, "[\n" + ",\n".join(rows) + "\n]\n")
 
     wrong = np.flatnonzero(predicted != actual)
     confidence = probs[wrong, predicted[wrong]]
@@ -76,7 +75,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "predicted": [names[predicted[i]] for i in worst],
         "confidence": [round(float(probs[i, predicted[i]]), 4) for i in worst],
     })
-    with atomic_path(out / "eval" / "misclassified.csv") as tmp:
+    with atomic_path(paths.misclassified) as tmp:
         table.to_csv(tmp, index=False)
 
     return {"accuracy": model_scores["accuracy"], "macro_f1": model_scores["macro_f1"],
@@ -115,20 +114,6 @@ def _check_same_tokens(bundle: Bundle, vocab: dict, paths: Paths) -> None:
             f"evaluate: {paths.model} was trained on another tokenization than {paths.tokens} "
             "(vocabulary, max_length or label names differ). Re-train it: `dvc repro train`."
         )
-
-
-def _texts(path: Path, rows: np.ndarray) -> list[str]:
-    import pandas as pd
-
-    if not path.exists():
-        raise TextclfError(f"{path}: not found. Run `dvc repro validate` first.")
-    texts = pd.read_parquet(path, columns=["text"])["text"].to_numpy()
-    if len(rows) and int(rows.max()) >= len(texts):
-        raise TextclfError(
-            f"{path}: has {len(texts)} rows but data/tokens refers to row {int(rows.max())}. "
-            "The tokens are stale: run `dvc repro tokenize`."
-        )
-    return [str(t) for t in texts[rows]]
 
 
 def _truncate(text: str) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from textclf.atomic import atomic_path
-from textclf.errors import TextclfError
-from textclf.model import safe_torch_load
+from textclf.core.atomic import atomic_path
+from textclf.core.errors import TextclfError
+from textclf.modeling.bundle import safe_torch_load
 
 
 @dataclasses.dataclass
@@ -54,7 +54,7 @@ class TrainState:
             "ema": ema.state_dict() if ema is not None else None,
         }
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
-            torch.save(payload, fh)  # an open file: same bytes for the same state (model.py)
+            torch.save(payload, fh)  # an open file: same bytes for the same state (bundle.py)
 
     def load_into(self, path: Path, model, optimizer, scheduler, scaler, ema=None) -> bool:
         """Resume from ``path`` when it belongs to this exact run; report whether it did."""

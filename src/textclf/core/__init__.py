@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: typed params, paths, atomic writes, errors, code deps."""
