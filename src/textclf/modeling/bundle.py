@@ -19,7 +19,7 @@ from textclf.core.atomic import atomic_path
 from textclf.core.config import ModelConfig
 from textclf.core.errors import TextclfError
 from textclf.modeling.network import RawIdClassifier, TextClassifier, compact_id_map
-from textclf.serving.contract import ModelMetadata, TokenizerInfo
+from textclf.serving.contract import TokenizerInfo
 
 BUNDLE_FORMAT = 1
 
@@ -38,12 +38,6 @@ class Bundle:
     def raw_id_model(self) -> RawIdClassifier:
         t = self.tokenizer
         return RawIdClassifier(self.model, compact_id_map(self.vocab_raw_ids, t.n_vocab, t.pad_id))
-
-    def metadata(self, quantized: bool = False, ort_fusions: bool = False) -> ModelMetadata:
-        """What the exported file says about itself (serving/contract.py)."""
-        return ModelMetadata(label_names=list(self.label_names), tokenizer=self.tokenizer,
-                             package_version=self.package_version, quantized=quantized,
-                             ort_fusions=ort_fusions)
 
 
 def save_bundle(path: Path | str, bundle: Bundle) -> None:

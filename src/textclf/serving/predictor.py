@@ -46,12 +46,8 @@ class Predictor:
         self.session = _open_session(path, providers, options)
         self.metadata = ModelMetadata.from_props(
             self.session.get_modelmeta().custom_metadata_map, path)
-        tok = self.metadata.tokenizer
         self.path = path
-        self.label_names = self.metadata.label_names
-        self.max_length, self.pad_id, self.lowercase = tok.max_length, tok.pad_id, tok.lowercase
-        self.quantized = self.metadata.quantized
-        self.encoding = load_encoding(tok.encoding)
+        self.encoding = load_encoding(self.metadata.tokenizer.encoding)
         self.input_name = self.session.get_inputs()[0].name
         # Small calls of an int8 model go to a second, one-thread session (see
         # _ONE_THREAD_MAX_TOKENS); not when the caller chose the session options.
@@ -61,6 +57,26 @@ class Predictor:
             one_thread = ort.SessionOptions()
             one_thread.intra_op_num_threads = 1
             self._small_calls = _open_session(path, ["CPUExecutionProvider"], one_thread)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.metadata.label_names
+
+    @property
+    def max_length(self) -> int:
+        return self.metadata.tokenizer.max_length
+
+    @property
+    def pad_id(self) -> int:
+        return self.metadata.tokenizer.pad_id
+
+    @property
+    def lowercase(self) -> bool:
+        return self.metadata.tokenizer.lowercase
+
+    @property
+    def quantized(self) -> bool:
+        return self.metadata.quantized
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Raw ids int64 [B, T]: cleaned, truncated to max_length, right-padded to the longest."""

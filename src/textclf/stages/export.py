@@ -22,13 +22,14 @@ from pathlib import Path
 import onnx
 import torch
 
+import textclf
 from textclf.core.atomic import atomic_path
 from textclf.core.config import Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
 from textclf.modeling.bundle import Bundle, load_bundle
 from textclf.modeling.ort_fusion import fuse_for_ort
-from textclf.serving.contract import INPUT_NAME, OUTPUT_NAME
+from textclf.serving.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 # onnx.save refuses a single protobuf above 2 GB; far beyond any model this project trains.
 _PROTOBUF_LIMIT = 2**31
@@ -51,7 +52,10 @@ def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool =
     if quantize:
         proto = _int8_dynamic(proto)
     _strip_exporter_provenance(proto)
-    for key, value in bundle.metadata(quantize, ort_fusions).props().items():
+    described = ModelMetadata(label_names=list(bundle.label_names), tokenizer=bundle.tokenizer,
+                              package_version=textclf.__version__, quantized=quantize,
+                              ort_fusions=ort_fusions)
+    for key, value in described.props().items():
         proto.metadata_props.add(key=key, value=value)
     try:
         onnx.checker.check_model(proto, full_check=True)

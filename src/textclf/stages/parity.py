@@ -181,12 +181,12 @@ def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.
 
 
 def _check_same_model(bundle: Bundle, predictor: Predictor, onnx_path: Path | str) -> None:
-    ours, theirs = bundle.metadata(), predictor.metadata
-    if (ours.label_names, ours.tokenizer) != (theirs.label_names, theirs.tokenizer):
+    theirs = predictor.metadata
+    if (bundle.label_names, bundle.tokenizer) != (theirs.label_names, theirs.tokenizer):
         raise TextclfError(
             f"parity: {onnx_path} describes another model (labels {theirs.label_names}, "
-            f"{theirs.tokenizer}; models/model.pt has {ours.label_names}, {ours.tokenizer}). "
-            "Re-export it with `dvc repro export`."
+            f"{theirs.tokenizer}; models/model.pt has {bundle.label_names}, "
+            f"{bundle.tokenizer}). Re-export it with `dvc repro export`."
         )
 
 
