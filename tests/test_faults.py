@@ -6,6 +6,7 @@ up, a read-only remount, an unprivileged user), not mocked messages."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def run_stage(stage: str, cwd: Path, *prefix: str) -> subprocess.CompletedProcess:
+def run_stage(stage: str, cwd: Path, *prefix: str,
+              max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
            "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def limit_file_size() -> None:  # `ulimit -f` in the child (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.run([*prefix, sys.executable, "-m", "textclf.cli", stage], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size if max_file_bytes else None)
 
 
 def write_params(root: Path, source: Path) -> None:
@@ -90,6 +97,16 @@ def test_read_only_file_system(tmpfs: Path, tmp_path: Path) -> None:
     assert_one_paragraph(done, "validate", "Read-only file system", ": data/validated.",
                          "remount that file system read-write")
     assert sorted(p.name for p in (tmpfs / "data").iterdir()) == ["raw"]
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    write_validated(tmp_path, make_corpus(tmp_path / "corpus"), LABEL_NAMES)
+    write_params(tmp_path, tmp_path / "corpus")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+    # The validated parquet files are a few KiB; the token arrays are larger.
+    done = run_stage("tokenize", tmp_path, max_file_bytes=16 * 1024)
+    assert_one_paragraph(done, "tokenize", "File too large", ": data/tokens.", "ulimit -f")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
