@@ -16,6 +16,11 @@ from textclf.serving.text import join_title_description
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def covers(dep: Path, path: Path) -> bool:
+    """A dvc.yaml dep (a file, or a folder) covers ``path``."""
+    return path == dep or dep in path.parents
+
+
 def params_dict(**overrides: dict[str, Any]) -> dict[str, Any]:
     """The repo's params.yaml as a dict, with per-section overrides: train={"epochs": 1}."""
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, covers
 from textclf.core.codedeps import import_closure
 from textclf.core.paths import STAGE_OUTPUTS, Paths
 
@@ -28,14 +28,14 @@ def uncovered_files(stage: str, stage_spec: dict) -> list[str]:
     deps = code_deps(stage_spec)
     return [str(path.relative_to(PROJECT_ROOT))
             for path in import_closure(f"textclf.stages.{stage}")
-            if not any(path == dep or dep in path.parents for dep in deps)]
+            if not any(covers(dep, path) for dep in deps)]
 
 
 def unused_deps(stage: str, stage_spec: dict) -> list[str]:
     """Code deps that cover no file the stage runs (they would re-run it for nothing)."""
     closure = import_closure(f"textclf.stages.{stage}")
     return [str(dep.relative_to(PROJECT_ROOT)) for dep in code_deps(stage_spec)
-            if not any(path == dep or dep in path.parents for path in closure)]
+            if not any(covers(dep, path) for path in closure)]
 
 
 def test_the_seven_stages_in_order() -> None:
@@ -122,5 +122,5 @@ def test_outputs_are_the_paths_the_stage_writes(stage: str) -> None:
     paths = Paths(Path())
     expected = {getattr(paths, name) for name in STAGE_OUTPUTS[stage]}
     # dvclive's folder (metrics/train) is declared as the files and plots it holds.
-    assert all(any(d == e or e in d.parents for e in expected) for d in declared), declared
-    assert all(any(d == e or e in d.parents for d in declared) for e in expected), expected
+    assert all(any(covers(e, d) for e in expected) for d in declared), declared
+    assert all(any(covers(e, d) for d in declared) for e in expected), expected

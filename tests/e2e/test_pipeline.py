@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.conftest import SHARED_DATA, make_corpus
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, covers
 from textclf.core.codedeps import import_closure
 from textclf.core.paths import STAGE_OUTPUTS
 
@@ -118,10 +118,10 @@ def test_a_code_change_reruns_exactly_the_stages_that_import_it(make_repo) -> No
     for edited, expected in reruns.items():
         # dvc.yaml lists code by layer folder (a stage by its own module): a stage re-runs
         # when it imports the edited stage module, or any module of the edited layer.
-        layer = (PROJECT_ROOT / edited).parent
-        importers = {s for s in every if any(
-            p == PROJECT_ROOT / edited or (layer.name != "stages" and layer in p.parents)
-            for p in import_closure(f"textclf.stages.{s}"))}
+        source = PROJECT_ROOT / edited
+        dep = source if source.parent.name == "stages" else source.parent
+        importers = {s for s in every
+                     if any(covers(dep, p) for p in import_closure(f"textclf.stages.{s}"))}
         assert importers == expected, edited
         path = repo.root / edited
         original = path.read_text()

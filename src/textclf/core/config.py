@@ -40,7 +40,9 @@ def _yaml12_number(value: Any) -> Any:
 
 
 Number = Annotated[float, BeforeValidator(_yaml12_number)]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+_SHA256 = r"^[0-9a-fA-F]{64}$"
+_NOT_BLANK = r"\S"
+Sha256 = Annotated[str, Field(pattern=_SHA256)]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -58,7 +60,7 @@ class _Section(BaseModel):
 class FetchConfig(_Section):
     # A local directory, a file:// URL or any fsspec URL (https://, s3://, ...) holding
     # train.csv and test.csv in the char-CNN format. Relative paths are from the project root.
-    source: str = Field(pattern=r"\S")
+    source: str = Field(pattern=_NOT_BLANK)
     # Pinned sha256 per split; a SHA256SUMS file at the source is checked too.
     sha256: dict[Literal["train", "test"], Sha256]
     # Stratified subsample for quick runs: keep this share of each class (1.0 = everything) ...
@@ -289,9 +291,12 @@ _KINDS = {
     "tuple_type": "a list of strings",
     "model_type": "a mapping of keys",
     "model_attributes_type": "a mapping of keys",
-    "string_pattern_mismatch": "64 hex digits",
     "too_short": "a list of at least {min_length} items",
 }
+
+
+# What each pattern a field is checked against means, in the words of the error.
+_PATTERNS = {_SHA256: "64 hex digits", _NOT_BLANK: "a path or URL"}
 
 
 def _expected(error: dict[str, Any], loc: list[str]) -> str:
@@ -307,8 +312,8 @@ def _expected(error: dict[str, Any], loc: list[str]) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         field = _field(loc)
         return _interval(field.metadata) if field else kind.replace("_", " ")
-    if kind == "string_pattern_mismatch" and loc[-1] == "source":
-        return "a path or URL"
+    if kind == "string_pattern_mismatch":
+        return _PATTERNS[ctx["pattern"]]
     return _KINDS.get(kind, error["msg"].lower()).format(**ctx)
 
 

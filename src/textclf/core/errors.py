@@ -14,16 +14,16 @@ class TextclfError(Exception):
     """
 
 
+_WRITE_ACCESS = ("give your user write access to {parent} (`ls -ld {parent}`), or run from a "
+                 "checkout you own")
 # The machine's faults a user fixes outside textclf: errno -> what to do about it.
 _FILESYSTEM_FIXES = {
     errno.ENOSPC: "free space on the disk that holds it (`df -h {parent}`)",
     errno.EDQUOT: "free space within your disk quota, or raise the quota",
     errno.EROFS: "run from a writable checkout, or remount that file system read-write (it is "
                  "mounted read-only)",
-    errno.EACCES: "give your user write access to {parent} (`ls -ld {parent}`), or run from a "
-                  "checkout you own",
-    errno.EPERM: "give your user write access to {parent} (`ls -ld {parent}`), or run from a "
-                 "checkout you own",
+    errno.EACCES: _WRITE_ACCESS,
+    errno.EPERM: _WRITE_ACCESS,
     errno.ENAMETOOLONG: "move the project to a shorter directory (the path is longer than the "
                         "file system allows)",
     errno.EFBIG: "raise the limit on file size this process may write (`ulimit -f`)",
