@@ -25,7 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Reproducible AG News transformer classifier: DVC stages and ONNX prediction.",
+    help="Reproducible transformer text classifier: DVC stages and ONNX prediction.",
 )
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read.")
@@ -106,16 +106,42 @@ def predict(
     file: Path = typer.Option(None, "--file", "-f", help="Read one text per line ('-': stdin)."),
     model: Path = typer.Option(Path("models/model.onnx"), "--model", "-m"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
+    jsonl: bool = typer.Option(False, "--jsonl", help=(
+        'Inputs are JSON objects: {"text": ..., "text_pair": ...} or the dataset\'s columns '
+        "(automatic for a .jsonl file; needed for a pair model).")),
 ) -> None:
-    """Print one JSON line per text: label and class probabilities, from the ONNX model."""
+    """Print one JSON line per text: label(s) and scores, from the ONNX model."""
     from textclf import predict as predict_module
 
     try:
-        code = predict_module.run_cli(texts or [], file, model, batch_size)
+        code = predict_module.run_cli(texts or [], file, model, batch_size, jsonl)
     except TextclfError as exc:
         _fail(exc)
     sys.stdout.flush()
     raise typer.Exit(code=code)
+
+
+@app.command()
+def compose(
+    overrides: list[str] = typer.Argument(
+        None, help="Hydra overrides, as for `dvc exp run -S`: dataset=imdb train.lr=3e-4"),
+    output: Path = PARAMS,
+) -> None:
+    """Compose params.yaml from conf/ (what `dvc exp run` does first), for `dvc repro`."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose_and_dump(output, str(Path("conf").resolve()), None, "config", "",
+                         list(overrides or []))
+        load_params(output)  # the composed file must pass the same checks a stage applies
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(TextclfError(f"compose: {exc}. Check the override against conf/config.yaml "
+                           "and conf/dataset/."))
+    except TextclfError as exc:
+        _fail(exc)
+    typer.echo(f"textclf compose: wrote {output}", err=True)
 
 
 @app.command()

@@ -57,40 +57,116 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class FetchConfig(_Section):
-    # A local directory, a file:// URL or any fsspec URL (https://, s3://, ...) holding
-    # train.csv and test.csv in the char-CNN format. Relative paths are from the project root.
+def _keys_as_text(value: Any) -> Any:
+    # YAML reads `1: World` with an integer key; raw label values are compared as text.
+    if isinstance(value, dict):
+        return {str(key): item for key, item in value.items()}
+    return value
+
+
+Columns = Annotated[tuple[Annotated[str, Field(pattern=_NOT_BLANK)], ...],
+                    Field(min_length=1, strict=False)]
+ColumnOrColumns = Annotated[str, Field(pattern=_NOT_BLANK)] | Columns
+Task = Literal["auto", "multiclass", "multilabel", "pair"]
+NormalizeRule = Literal["scrape_entities", "html_entities", "html_tags", "backslash_escapes",
+                        "whitespace"]
+
+
+class SourceDetails(_Section):
+    """What is known about the files at one source: applied only while data.source is it."""
+
+    for_source: str = Field(pattern=_NOT_BLANK)
+    # A headerless CSV: its columns in order (null: the first row is the header).
+    columns: Columns | None
+    # Raw label value -> label name (null: the values themselves, sorted).
+    label_names: Annotated[dict[str, str] | None, BeforeValidator(_keys_as_text)]
+    # Text normalisation rules, applied in this order at training and at serving.
+    normalize: tuple[NormalizeRule, ...] = Field(strict=False)
+    # Pinned sha256 per file name.
+    sha256: dict[str, Sha256]
+
+
+class DataConfig(_Section):
+    # A local directory (relative to the project root), a file:// URL or any fsspec URL.
     source: str = Field(pattern=_NOT_BLANK)
-    # Pinned sha256 per split; a SHA256SUMS file at the source is checked too.
-    sha256: dict[Literal["train", "test"], Sha256]
-    # Stratified subsample for quick runs: keep this share of each class (1.0 = everything) ...
-    fraction: Number = Field(gt=0, le=1)
-    # ... and at most this many rows per class and split (0 = no cap).
-    max_rows_per_class: int = Field(ge=0)
-    seed: int
+    # The split files (null: train.* and test.* found in a local source, train.csv and test.csv
+    # at a URL). Their extension gives the format: .csv, .tsv, .jsonl / .ndjson, .parquet.
+    files: dict[Literal["train", "test"], Annotated[str, Field(pattern=_NOT_BLANK)]] | None
+    text: ColumnOrColumns  # a list of columns is joined with spaces into one text
+    text_pair: Annotated[str, Field(pattern=_NOT_BLANK)] | None
+    label: ColumnOrColumns  # a list of 0/1 columns: multi-label
+    task: Task
+    details: SourceDetails | None
+
+    @model_validator(mode="after")
+    def _task_fits_columns(self) -> DataConfig:
+        many = not isinstance(self.label, str)
+        if self.task == "multilabel" and not many:
+            raise rule_broken("label", "a list of 0/1 columns when data.task is multilabel",
+                              self.label)
+        if self.task in ("multiclass", "pair") and many:
+            raise rule_broken("label", f"one column when data.task is {self.task}",
+                              list(self.label))
+        if self.task == "pair" and self.text_pair is None:
+            raise rule_broken("text_pair", "a column when data.task is pair", None)
+        if self.text_pair is not None and many:
+            raise rule_broken("text_pair", "null for a multi-label dataset (pairs take one "
+                              "label column)", self.text_pair)
+        return self
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return (self.text,) if isinstance(self.text, str) else tuple(self.text)
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        return (self.label,) if isinstance(self.label, str) else tuple(self.label)
+
+    @property
+    def resolved_task(self) -> Literal["multiclass", "multilabel", "pair"]:
+        if self.task != "auto":
+            return self.task
+        if not isinstance(self.label, str):
+            return "multilabel"
+        return "pair" if self.text_pair is not None else "multiclass"
+
+    def source_details(self) -> SourceDetails | None:
+        """``details`` when they describe ``source``; None for any other source, so nothing
+        known about one source (header, label names, cleaning, pins) leaks into another."""
+        if self.details is None or self.details.for_source.rstrip("/") != self.source.rstrip("/"):
+            return None
+        return self.details
+
+
+class FetchConfig(_Section):
+    # Seconds a download may stall before it fails (URL sources).
     timeout_s: Number = Field(gt=0)
 
 
 class ValidateConfig(_Section):
-    # Index i names class i + 1 of the CSV (the char-CNN files number classes from 1).
-    label_names: tuple[str, ...] = Field(min_length=2, strict=False)
     min_rows: int = Field(ge=1)
-    min_text_chars: int = Field(ge=0)
-    max_text_chars: int = Field(ge=1)
-    # Largest / smallest class count, per split.
-    max_class_ratio: Number = Field(ge=1)
-    # Share of train rows whose text also appears in test; they are dropped, above this it fails.
+    # Share of train rows whose input also appears in test; they are dropped, above this it fails.
     max_leakage_share: Number = Field(ge=0, le=1)
     # How many offending rows each failed expectation shows.
     report_rows: int = Field(ge=1)
+    # Opt-in limits, 0 = off (reported in metrics/validation.json either way): characters per
+    # text, and largest / smallest class count per split.
+    min_text_chars: int = Field(ge=0)
+    max_text_chars: int = Field(ge=0)
+    max_class_ratio: Number = Field(ge=0)
+    # Quick runs: a seeded share of each split (stratified by label), and a row cap per split
+    # (0 = none).
+    fraction: Number = Field(gt=0, le=1)
+    max_rows: int = Field(ge=0)
+    seed: int
 
     @model_validator(mode="after")
     def _consistent(self) -> ValidateConfig:
-        if len(set(self.label_names)) != len(self.label_names):
-            raise rule_broken("label_names", "a list of distinct names", list(self.label_names))
-        if self.min_text_chars > self.max_text_chars:
+        if self.max_text_chars and self.min_text_chars > self.max_text_chars:
             raise rule_broken("min_text_chars", f"at most max_text_chars ({self.max_text_chars})",
                               self.min_text_chars)
+        if 0 < self.max_class_ratio < 1:
+            raise rule_broken("max_class_ratio", "0 (off) or >= 1", self.max_class_ratio)
         return self
 
 
@@ -105,6 +181,10 @@ class TokenizeConfig(_Section):
     min_freq: int = Field(ge=1)
     # Lower-case text before encoding (serving applies the same, from the ONNX metadata).
     lowercase: bool
+    # A single text longer than max_length keeps its first head_share of max_length tokens and
+    # its last ones (head_tail), or its first max_length (head). Pairs cut the longer side first.
+    truncation: Literal["head", "head_tail"]
+    head_share: Number = Field(ge=0, le=1)
     # Out-of-fold TF-IDF teacher probabilities for every training row (the distillation
     # targets of train.distill_weight); 0 skips the teacher.
     teacher_folds: int = Field(ge=0)
@@ -207,6 +287,7 @@ class ParityConfig(_Section):
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    data: DataConfig
     fetch: FetchConfig
     validate_: ValidateConfig = Field(alias="validate")  # `validate` is a BaseModel method
     tokenize: TokenizeConfig
@@ -296,7 +377,7 @@ _KINDS = {
 
 
 # What each pattern a field is checked against means, in the words of the error.
-_PATTERNS = {_SHA256: "64 hex digits", _NOT_BLANK: "a path or URL"}
+_PATTERNS = {_SHA256: "64 hex digits", _NOT_BLANK: "a non-blank string"}
 
 
 def _expected(error: dict[str, Any], loc: list[str]) -> str:

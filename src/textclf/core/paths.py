@@ -52,8 +52,10 @@ class Paths:
         return self.metrics / "eval.json"
 
     @property
-    def confusion(self) -> Path:
-        return self.metrics / "eval" / "confusion.json"
+    def eval_plots(self) -> Path:
+        # dvclive's folder: plots/sklearn/{confusion_matrix,roc,precision_recall}.json,
+        # plots/custom/per_label_f1.json (which ones: the task's).
+        return self.metrics / "eval" / "plots"
 
     @property
     def misclassified(self) -> Path:
@@ -88,7 +90,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "validate": ("validated", "validation_metrics"),
     "tokenize": ("tokens",),
     "train": ("model", "train_runtime", "train_metrics"),
-    "evaluate": ("eval_metrics", "confusion", "misclassified"),
+    "evaluate": ("eval_metrics", "eval_plots", "misclassified"),
     "export": ("onnx",),
     "parity": ("parity_metrics", "parity_runtime"),
 }

@@ -18,22 +18,42 @@ from textclf.core.config import BaselineConfig
 from textclf.core.errors import TextclfError
 
 
-def fit(texts: Sequence[str], labels: np.ndarray, cfg: BaselineConfig):
-    """A fitted sklearn pipeline: word 1..n-gram TF-IDF (sublinear tf) -> logistic regression."""
+def as_inputs(texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+    """The baseline's input rows: texts (N,), or (N, 2) [text, text_pair] for pairs."""
+    if pairs is None:
+        return np.asarray(texts, dtype=object)
+    return np.stack([np.asarray(texts, dtype=object), np.asarray(pairs, dtype=object)], axis=1)
+
+
+def fit(inputs: np.ndarray, labels: np.ndarray, cfg: BaselineConfig):
+    """A fitted sklearn pipeline: word 1..n-gram TF-IDF (sublinear tf) -> logistic regression.
+
+    Pairs get one vectorizer per side (a word in the hypothesis is another feature than in the
+    premise); multi-label ``labels`` (N, K) get one regression per label (one-vs-rest).
+    """
+    from sklearn.compose import ColumnTransformer
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
 
-    pipeline = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True, min_df=cfg.min_df),
-        LogisticRegression(C=cfg.c, max_iter=2000),
-    )
+    def vectorizer() -> TfidfVectorizer:
+        return TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True,
+                               min_df=cfg.min_df)
+
+    features = (vectorizer() if inputs.ndim == 1 else
+                ColumnTransformer([("text", vectorizer(), 0), ("text_pair", vectorizer(), 1)]))
+    regression = LogisticRegression(C=cfg.c, max_iter=2000)
+    pipeline = make_pipeline(features, OneVsRestClassifier(regression) if labels.ndim == 2
+                             else regression)
     try:
         with warnings.catch_warnings():
-            # A baseline a hair short of full convergence is still a fair reference point.
+            # A baseline a hair short of full convergence is still a fair reference point;
+            # a label absent from a fold is predicted as absent.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            pipeline.fit(list(texts), labels)
+            warnings.filterwarnings("ignore", message="Label .* is present in all training")
+            pipeline.fit(inputs, labels)
     except ValueError as exc:  # min_df above every term's count, or above the row count
         raise TextclfError(
             f"baseline: the TF-IDF vectorizer keeps no term ({exc}). Lower baseline.min_df "
@@ -42,42 +62,50 @@ def fit(texts: Sequence[str], labels: np.ndarray, cfg: BaselineConfig):
     return pipeline
 
 
-def teacher_probabilities(texts: Sequence[str], labels: np.ndarray, held_out_texts: Sequence[str],
+def probabilities(model, inputs: np.ndarray, num_labels: int) -> np.ndarray:
+    """float32 (N, K): class probabilities, or per-label ones for a multi-label fit."""
+    out = np.zeros((len(inputs), num_labels), dtype=np.float32)
+    if len(inputs):
+        classes = getattr(model, "classes_", None)
+        probs = model.predict_proba(inputs)
+        if classes is not None and probs.shape[1] != num_labels:
+            out[:, classes] = probs  # a class absent from the fit keeps probability 0
+        else:
+            out[:] = probs
+    return out
+
+
+def teacher_probabilities(inputs: np.ndarray, labels: np.ndarray, held_out: np.ndarray,
                           num_labels: int, cfg: BaselineConfig, folds: int,
                           seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [N, K] and [M, K]: class probabilities no row gets from a baseline that saw it.
+    """float32 [N, K] and [M, K]: probabilities no row gets from a baseline that saw it.
 
-    The N training rows get out-of-fold probabilities (``folds`` stratified folds); the M
-    held-out rows get those of one baseline fitted on all N, so a refit run (train.refit) can
-    distil on them too.
+    The N training rows get out-of-fold probabilities (``folds`` folds, stratified for one
+    label per row); the M held-out rows get those of one baseline fitted on all N, so a refit
+    run (train.refit) can distil on them too.
     """
     from joblib import Parallel, delayed
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
-    texts = np.asarray(texts, dtype=object)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = (KFold(n_splits=folds, shuffle=True, random_state=seed) if labels.ndim == 2
+                else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
     try:
-        splits = list(splitter.split(texts, labels))
+        splits = list(splitter.split(inputs, labels if labels.ndim == 1 else None))
     except ValueError as exc:
         raise TextclfError(
             f"tokenize: cannot split the training rows into {folds} teacher folds ({exc}). "
             "Lower tokenize.teacher_folds (0 turns the teacher off)."
         ) from None
-    jobs = [(texts[fit_rows], labels[fit_rows], texts[held_out]) for fit_rows, held_out in splits]
-    jobs.append((texts, labels, np.asarray(held_out_texts, dtype=object)))
+    jobs = [(inputs[fit_rows], labels[fit_rows], inputs[rows]) for fit_rows, rows in splits]
+    jobs.append((inputs, labels, held_out))
 
-    def probabilities(fit_texts, fit_labels, predict_texts) -> np.ndarray:
-        model = fit(fit_texts, fit_labels, cfg)
-        out = np.zeros((len(predict_texts), num_labels), dtype=np.float32)
-        if len(predict_texts):
-            # Columns follow the classes this fit saw; a class absent from it keeps probability 0.
-            out[:, model.classes_] = model.predict_proba(predict_texts)
-        return out
+    def fit_and_score(fit_inputs, fit_labels, predict_inputs) -> np.ndarray:
+        return probabilities(fit(fit_inputs, fit_labels, cfg), predict_inputs, num_labels)
 
     # The fits are independent and single-threaded: one process per core.
     fitted = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1))(
-        delayed(probabilities)(*job) for job in jobs)
-    out_of_fold = np.zeros((len(texts), num_labels), dtype=np.float32)
-    for (_, held_out), fold_probs in zip(splits, fitted[:-1], strict=True):
-        out_of_fold[held_out] = fold_probs
+        delayed(fit_and_score)(*job) for job in jobs)
+    out_of_fold = np.zeros((len(inputs), num_labels), dtype=np.float32)
+    for (_, rows), fold_probs in zip(splits, fitted[:-1], strict=True):
+        out_of_fold[rows] = fold_probs
     return out_of_fold, fitted[-1]

@@ -18,10 +18,15 @@ import torch
 from textclf.core.atomic import atomic_path
 from textclf.core.config import ModelConfig
 from textclf.core.errors import TextclfError
-from textclf.modeling.network import RawIdClassifier, TextClassifier, compact_id_map
+from textclf.modeling.network import (
+    RawIdClassifier,
+    TextClassifier,
+    compact_id_map,
+    separator_row,
+)
 from textclf.serving.contract import TokenizerInfo
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: tasks (task, thresholds, input fields, pair separator)
 
 
 @dataclass
@@ -32,6 +37,9 @@ class Bundle:
     vocab_raw_ids: torch.Tensor  # (V - 2,) int64: raw id of compact rows 2..
     label_names: list[str]
     tokenizer: TokenizerInfo
+    task: str  # multiclass | multilabel | pair
+    thresholds: list[float] | None  # multi-label: per-label decision thresholds (validation)
+    input_fields: dict[str, list[str]]  # the dataset's text / text_pair column names
     train_config: dict[str, Any]
     package_version: str
 
@@ -50,6 +58,9 @@ def save_bundle(path: Path | str, bundle: Bundle) -> None:
         "vocab_raw_ids": bundle.vocab_raw_ids.cpu(),
         "label_names": list(bundle.label_names),
         "tokenizer": dataclasses.asdict(bundle.tokenizer),
+        "task": bundle.task,
+        "thresholds": bundle.thresholds,
+        "input_fields": bundle.input_fields,
         "train_config": dict(bundle.train_config),
         "package_version": bundle.package_version,
     }
@@ -75,6 +86,7 @@ def load_bundle(path: Path | str) -> Bundle:
         vocab_rows=state["tok_emb.weight"].shape[0],
         num_labels=len(payload["label_names"]),
         max_length=tok.max_length,
+        sep_row=separator_row(payload["vocab_raw_ids"], tok.pair_separator_id),
     )
     model.load_state_dict(state)
     model.eval()
@@ -83,6 +95,9 @@ def load_bundle(path: Path | str) -> Bundle:
         vocab_raw_ids=payload["vocab_raw_ids"],
         label_names=list(payload["label_names"]),
         tokenizer=tok,
+        task=payload["task"],
+        thresholds=payload["thresholds"],
+        input_fields=payload["input_fields"],
         train_config=dict(payload["train_config"]),
         package_version=payload["package_version"],
     )

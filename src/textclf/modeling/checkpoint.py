@@ -29,14 +29,14 @@ class TrainState:
     best_weights: dict[str, torch.Tensor] | None = None
     stale_epochs: int = 0
 
-    def record(self, row: dict[str, float], model: torch.nn.Module,
-               keep_last: bool = False) -> None:
+    def record(self, row: dict[str, float], model: torch.nn.Module, keep_last: bool,
+               score_key: str) -> None:
         """Add an epoch; its weights become the ones to ship if ``keep_last`` or it validates
-        best so far (accuracy, then loss)."""
+        best so far (``row[score_key]``, then loss)."""
         self.epoch = int(row["epoch"])
         self.history.append(row)
-        better = keep_last or self.best_row is None or (row["val_acc"], -row["val_loss"]) > (
-            self.best_row["val_acc"], -self.best_row["val_loss"])
+        better = keep_last or self.best_row is None or (row[score_key], -row["val_loss"]) > (
+            self.best_row[score_key], -self.best_row["val_loss"])
         if better:
             self.best_row = row
             self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -3,6 +3,9 @@
 Reads top-down: attention -> block -> classifier -> raw-id wrapper.
 Shapes: B = batch, T = sequence length (<= max_length), C = d_model, H = heads, K = labels.
 Compact ids: row 0 is padding, row 1 is "unknown", rows 2.. are the training split's token ids.
+A pair arrives as one sequence, first text + separator + second text; the model tells the sides
+apart by a segment embedding it derives from the separator itself, so the exported graph still
+takes one tensor of ids.
 """
 
 from __future__ import annotations
@@ -58,12 +61,15 @@ class Block(nn.Module):
 class TextClassifier(nn.Module):
     """Compact ids (B, T) -> logits (B, K)."""
 
-    def __init__(self, cfg: ModelConfig, vocab_rows: int, num_labels: int, max_length: int):
+    def __init__(self, cfg: ModelConfig, vocab_rows: int, num_labels: int, max_length: int,
+                 sep_row: int):
         super().__init__()
         self.cfg = cfg
         self.max_length = max_length
+        self.sep_row = sep_row  # the pair separator's compact row; -1: single texts
         self.tok_emb = nn.Embedding(vocab_rows, cfg.d_model, padding_idx=PAD_ROW)
         self.pos_emb = nn.Embedding(max_length, cfg.d_model)
+        self.seg_emb = nn.Embedding(2, cfg.d_model) if sep_row >= 0 else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -78,7 +84,12 @@ class TextClassifier(nn.Module):
         first = torch.arange(T, device=ids.device) == 0
         real = real | first  # (B, T)
         positions = torch.arange(T, device=ids.device)
-        x = self.drop(self.tok_emb(ids) + self.pos_emb(positions))  # (B, T, C)
+        x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, C)
+        if self.seg_emb is not None:
+            # 0 up to the separator, 1 from it on: which text of the pair a token belongs to.
+            segment = (ids == self.sep_row).long().cumsum(1).clamp(max=1)  # (B, T)
+            x = x + self.seg_emb(segment)
+        x = self.drop(x)
         attend = real[:, None, None, :]  # (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, attend)
@@ -96,6 +107,13 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
         if module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
+
+
+def separator_row(vocab_raw_ids: torch.Tensor, separator_id: int) -> int:
+    """The compact row of the pair separator (rows 2.. follow the sorted raw ids); -1 if none."""
+    if separator_id < 0:
+        return -1
+    return 2 + int(torch.searchsorted(vocab_raw_ids, separator_id))
 
 
 def compact_id_map(vocab_raw_ids: torch.Tensor, n_vocab: int, pad_id: int) -> torch.Tensor:

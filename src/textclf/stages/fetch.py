@@ -1,20 +1,19 @@
-"""Stage `fetch`: copy or download the raw AG News CSVs, verify their sha256 -> data/raw/.
+"""Stage `fetch`: copy or download the split files of data.source, verify their sha256 -> data/raw/.
 
-Reads  params.fetch.source: a local directory, a file:// URL or any fsspec URL (https://, s3://)
-       holding train.csv and test.csv (char-CNN CSV) and, optionally, SHA256SUMS
-Writes data/raw/{train,test}.csv
+Reads  params.data.source: a local directory, a file:// URL or any fsspec URL (https://, s3://)
+       holding the train and test files (data.files, or train.* / test.* found there) and,
+       optionally, SHA256SUMS
+Writes data/raw/train.<ext>, data/raw/test.<ext> (byte-for-byte the source files)
 
-Every file is hashed while it streams to disk and checked against the pin in params.yaml and
-against the source's SHA256SUMS. Everything is written into a temporary sibling of data/raw that
-replaces it only once both splits are complete and verified, so a failed or truncated download
-never leaves a file behind. Without subsampling the outputs are byte-for-byte the source files.
+Every file is hashed while it streams to disk and checked against the pins of data.details
+(only while they describe this source) and against the source's SHA256SUMS. Everything is written
+into a temporary sibling of data/raw that replaces it only once both splits are complete and
+verified, so a failed or truncated download never leaves a file behind.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,57 +21,79 @@ from pathlib import Path
 from typing import IO, Any
 
 from textclf.core.atomic import atomic_dir
-from textclf.core.config import FetchConfig, Params
+from textclf.core.config import DataConfig, Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
+from textclf.core.readers import FORMATS, format_of
 
 SPLITS = ("train", "test")
 SUMS_NAME = "SHA256SUMS"
 _CHUNK = 1 << 20
 _LOCAL_COPY_HINT = (
-    "point the stage at a local copy: set fetch.source in params.yaml to a directory holding "
-    "train.csv and test.csv (this repo's default is ../shared/data/agnews), or run "
-    "`dvc exp run -S fetch.source=/path/to/agnews`."
+    "point the stage at a local copy: set data.source in params.yaml to a directory holding "
+    "the train and test files (this repo's default is ../shared/data/agnews), or run "
+    "`dvc exp run -S data.source=/path/to/data`."
 )
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Fetch both splits into ``paths.raw``; return row counts and source sha256 per split."""
-    cfg = params.fetch
-    source = _Source(cfg, paths.root)
+    data = params.data
+    source = _Source(data.source, params.fetch.timeout_s, paths.root)
+    names = _split_files(data, source)
+    for name in names.values():
+        format_of(Path(name))  # an unknown extension fails before any download
     # The small checksum file goes first, so an unreachable source fails before any big download.
     sums = _parse_sums(source.read_optional(SUMS_NAME))
+    details = data.source_details()
+    pins = details.sha256 if details else {}
     summary: dict[str, Any] = {}
     with atomic_dir(paths.raw) as tmp_dir:
-        for split in SPLITS:
-            name = f"{split}.csv"
-            download = tmp_dir / f".{name}.download"
-            digest, lines = source.download(name, download)
-            _verify(split, name, digest, cfg, sums, source.label)
-            out = tmp_dir / name
-            if cfg.fraction == 1.0 and cfg.max_rows_per_class == 0:
-                download.rename(out)
-            else:
-                lines = _subsample(download, out, cfg, split)
-                download.unlink()
-            summary[f"{split}_rows"] = lines
+        for split, name in names.items():
+            out = tmp_dir / f"{split}{Path(name).suffix.lower()}"
+            digest, lines = source.download(name, out)
+            _verify(name, digest, pins, sums, source.label)
+            summary[f"{split}_file"] = name
+            summary[f"{split}_lines"] = lines
             summary[f"{split}_sha256"] = digest
     return summary
+
+
+def _split_files(data: DataConfig, source: _Source) -> dict[str, str]:
+    """data.files, or the one train.* / test.* of a supported format in a local source."""
+    if data.files is not None:
+        return {split: data.files[split] for split in SPLITS}
+    if source.is_url:
+        return {split: f"{split}.csv" for split in SPLITS}
+    found = {}
+    for split in SPLITS:
+        matches = sorted(p.name for p in Path(source.base).iterdir()
+                         if p.stem == split and p.suffix.lower() in FORMATS)
+        if len(matches) != 1:
+            what = "no file" if not matches else f"{len(matches)} files ({', '.join(matches)})"
+            raise TextclfError(
+                f"fetch: {source.label} holds {what} named {split}.<ext> with a supported "
+                f"extension ({', '.join(FORMATS)}). Name the files in params.yaml: "
+                f"data.files: {{train: NAME, test: NAME}} (or `dvc exp run -S "
+                f"data.files.{split}=NAME`)."
+            )
+        found[split] = matches[0]
+    return found
 
 
 class _Source:
     """Where the files come from: a local directory or an fsspec URL, behind one interface."""
 
-    def __init__(self, cfg: FetchConfig, root: Path) -> None:
-        self.timeout_s = cfg.timeout_s
-        self.is_url = "://" in cfg.source
+    def __init__(self, source: str, timeout_s: float, root: Path) -> None:
+        self.timeout_s = timeout_s
+        self.is_url = "://" in source
         if self.is_url:
-            self.base = cfg.source.rstrip("/")
-            self.label = cfg.source
+            self.base = source.rstrip("/")
+            self.label = source
         else:
-            path = Path(cfg.source).expanduser()
+            path = Path(source).expanduser()
             self.base = str(path if path.is_absolute() else root / path)
-            self.label = cfg.source if self.base == cfg.source else f"{cfg.source} ({self.base})"
+            self.label = source if self.base == source else f"{source} ({self.base})"
             if not Path(self.base).is_dir():
                 what = "is not a directory" if Path(self.base).exists() else "does not exist"
                 raise TextclfError(
@@ -189,14 +210,14 @@ def _parse_sums(data: bytes | None) -> dict[str, str]:
     return sums
 
 
-def _verify(split: str, name: str, actual: str, cfg: FetchConfig, sums: dict[str, str],
+def _verify(name: str, actual: str, pins: dict[str, str], sums: dict[str, str],
             source: str) -> None:
     problems = []
-    pinned = cfg.sha256.get(split)
+    pinned = pins.get(name)
     if pinned and pinned.lower() != actual:
         problems.append(
-            f"params.yaml pins fetch.sha256.{split} = {pinned.lower()}. If the source "
-            f"legitimately changed, update fetch.sha256.{split} in params.yaml to the new hash"
+            f"params.yaml pins data.details.sha256.{name} = {pinned.lower()}. If the source "
+            "legitimately changed, update that pin in params.yaml to the new hash"
         )
     listed = sums.get(name)
     if listed and listed != actual:
@@ -210,50 +231,3 @@ def _verify(split: str, name: str, actual: str, cfg: FetchConfig, sums: dict[str
             + ". Otherwise the copy is corrupt or truncated: re-run `textclf fetch` to download "
             "it again. data/raw was left as it was."
         )
-
-
-def _subsample(src: Path, dst: Path, cfg: FetchConfig, split: str) -> int:
-    """Keep a seeded, stratified share of each class, in the original row order; return rows.
-
-    Rows are re-written with every field quoted, as the canonical files are. surrogateescape
-    carries any undecodable bytes through unchanged for the validate stage to report.
-    """
-    where = f"fetch: {split}.csv from {cfg.source}"
-    fix = ("Fix the source file, or set fetch.fraction: 1.0 and fetch.max_rows_per_class: 0 to "
-           "copy it unchanged (validate then reports every bad row).")
-    rows: list[list[str]] = []
-    by_class: dict[int, list[int]] = {}
-    with open(src, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        reader = csv.reader(fh)
-        start = 1  # first physical line of the next record (quoted fields may span lines)
-        try:
-            for row in reader:
-                if row:
-                    label = row[0].strip()
-                    if not re.fullmatch(r"[+-]?\d+", label):
-                        raise TextclfError(
-                            f"{where}, line {start}: the class field is {label[:40]!r}, not an "
-                            f"integer, so rows cannot be sampled per class. {fix}"
-                        )
-                    by_class.setdefault(int(label), []).append(len(rows))
-                    rows.append(row)
-                start = reader.line_num + 1
-        except csv.Error as exc:
-            raise TextclfError(
-                f"{where}, line {reader.line_num}: not valid CSV ({exc}), so rows cannot be "
-                f"sampled per class. {fix}"
-            ) from None
-    rng = random.Random(f"{cfg.seed}:{split}")
-    kept: list[int] = []
-    for label in sorted(by_class):
-        members = by_class[label]
-        # Rounded share, but never drop a class entirely.
-        k = max(1, round(len(members) * cfg.fraction))
-        if cfg.max_rows_per_class:
-            k = min(k, cfg.max_rows_per_class)
-        kept.extend(rng.sample(members, k))
-    kept.sort()
-    with open(dst, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator="\n")
-        writer.writerows(rows[i] for i in kept)
-    return len(kept)

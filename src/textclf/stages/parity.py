@@ -5,8 +5,10 @@ Reads  models/model.pt, models/model.onnx, data/validated/test.parquet,
 Writes metrics/parity.json (only when parity holds; otherwise the stage fails with the figures)
 
 Both engines get the same raw-id batches, produced by the serving path (`Predictor`:
-clean -> tiktoken -> truncate -> pad), over the whole test split plus edge cases (empty text, one
-token, exactly max_length tokens, far beyond it, non-Latin script). The serving ids are also
+normalise -> tiktoken -> truncate -> pad), over the whole test split plus edge cases (empty text,
+one token, exactly max_length tokens, far beyond it, non-Latin script; as either side of a pair
+for a pair model). Decisions are compared as the task makes them: the argmax, or every label's
+threshold for multi-label. The serving ids are also
 compared with the tokens the model was evaluated on, to catch a train/serve tokenization skew.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textclf.core.artifacts import load_split, load_vocab, texts_of_rows
+from textclf.core.artifacts import inputs_of_rows, load_split, load_vocab
 from textclf.core.atomic import write_json
 from textclf.core.config import Params, ParityConfig
 from textclf.core.errors import TextclfError
@@ -37,8 +39,8 @@ class ParityReport:
     rows: int  # texts compared, edge cases included
     edge_cases: int
     max_abs_diff: float
-    argmax_agreement: float
-    accuracy_drop: float  # torch's minus ONNX's accuracy on the labelled texts
+    argmax_agreement: float  # share of rows where both engines decide the same (every label)
+    accuracy_drop: float  # torch's minus ONNX's accuracy (per label for multi-label)
     quantized: bool  # the ONNX file is int8: the config's int8_* limits apply
     torch_p50_ms: float
     onnx_p50_ms: float
@@ -100,12 +102,13 @@ class ParityReport:
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     bundle = load_bundle(paths.model)
     tokens = load_split(paths.tokens, "test")
-    texts = texts_of_rows(paths.validated / "test.parquet", tokens["rows"])
+    texts, pairs = inputs_of_rows(paths.validated / "test.parquet", tokens["rows"],
+                                  bundle.task == "pair")
 
     predictor = Predictor(paths.onnx, providers=["CPUExecutionProvider"])
-    report = check_parity(bundle, predictor, texts, params.parity, tokens["labels"])
+    report = check_parity(bundle, predictor, texts, params.parity, tokens["labels"], pairs)
     report.raise_if_failed(paths.onnx)
-    skew = tokenization_skew(predictor, texts, tokens["ids"], load_vocab(paths.tokens),
+    skew = tokenization_skew(predictor, texts, pairs, tokens["ids"], load_vocab(paths.tokens),
                              params.parity.batch_size)
     metrics = {**report.metrics(), "serving_token_mismatch_rows": skew}
     write_json(paths.parity_metrics, metrics)
@@ -114,8 +117,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def check_parity(bundle: Bundle, onnx: Predictor | Path | str, texts: Sequence[str],
-                 cfg: ParityConfig, labels: np.ndarray | None = None) -> ParityReport:
-    """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` plus the edge cases.
+                 cfg: ParityConfig, labels: np.ndarray | None = None,
+                 pairs: Sequence[str] | None = None) -> ParityReport:
+    """Compare torch (fp32, eval) and ONNX Runtime logits on ``texts`` (with their ``pairs``
+    for a pair model) plus the edge cases.
 
     ``onnx`` is a model file (opened on the CPU) or an open Predictor. With ``labels`` (one per
     text), also how much accuracy the ONNX model loses against torch.
@@ -126,29 +131,37 @@ def check_parity(bundle: Bundle, onnx: Predictor | Path | str, texts: Sequence[s
     model = bundle.raw_id_model().float().eval()
     edges = edge_cases(predictor)
     inputs = [*texts, *edges]
+    # A pair model: each edge case as the first side (second: "the"), then as the second.
+    second = ([*pairs, *(["the"] * len(edges))] if pairs is not None else None)
+    if second is not None:
+        inputs, second = [*inputs, *(["the"] * len(edges))], [*second, *edges]
+        edges = [*edges, *edges]
 
     max_diff = 0.0
     torch_batches, onnx_batches = [], []
     for start in range(0, len(inputs), cfg.batch_size):
-        ids = predictor.encode(inputs[start:start + cfg.batch_size])
+        part = slice(start, start + cfg.batch_size)
+        ids = predictor.encode(inputs[part], second[part] if second is not None else None)
         expected = _torch_logits(model, ids)
         got = predictor.logits(ids)
         diff = float(np.abs(expected - got).max())
         # NaN must fail, and max() silently drops NaN.
         max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
-        torch_batches.append(expected.argmax(1))
-        onnx_batches.append(got.argmax(1))
+        torch_batches.append(predictor.decisions(expected))
+        onnx_batches.append(predictor.decisions(got))
     torch_pred, onnx_pred = np.concatenate(torch_batches), np.concatenate(onnx_batches)
     accuracy_drop = 0.0
     if labels is not None and len(labels):
-        truth = np.asarray(labels)
+        truth = np.asarray(labels).astype(torch_pred.dtype)
         accuracy_drop = float(np.mean(torch_pred[: len(truth)] == truth)
                               - np.mean(onnx_pred[: len(truth)] == truth))
+    agree = torch_pred == onnx_pred
+    agree = agree.all(1) if agree.ndim == 2 else agree
 
-    torch_ms, onnx_ms = _latencies(model, predictor, inputs, cfg.latency_runs)
+    torch_ms, onnx_ms = _latencies(model, predictor, inputs, second, cfg.latency_runs)
     return ParityReport(
         rows=len(inputs), edge_cases=len(edges), max_abs_diff=max_diff,
-        argmax_agreement=float(np.mean(torch_pred == onnx_pred)), accuracy_drop=accuracy_drop,
+        argmax_agreement=float(np.mean(agree)), accuracy_drop=accuracy_drop,
         quantized=predictor.quantized, torch_p50_ms=statistics.median(torch_ms),
         onnx_p50_ms=statistics.median(onnx_ms), config=cfg,
     )
@@ -159,20 +172,22 @@ def edge_cases(predictor: Predictor) -> list[str]:
     n = predictor.max_length
     # " the" is one cl100k/o200k token per word; the length is checked, not assumed.
     exact = "the" + " the" * (n - 1)
-    if len(predictor.encode([exact])[0]) != n:
+    if len(predictor.encoding.encode_ordinary(exact)) != n:
         exact = " ".join(["news"] * (2 * n))
     return ["", "the", exact, " ".join(["markets", "rally", "after", "election"] * n),
             "株価が上昇 — Économie: l\u2019euro grimpe 📈"]
 
 
-def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.ndarray,
-                      vocab: dict, batch_size: int) -> int:
+def tokenization_skew(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None,
+                      token_ids: np.ndarray, vocab: dict, batch_size: int) -> int:
     """Rows whose serving-path compact ids differ from the tokenize stage's (0 = no skew)."""
-    table = compact_map(np.asarray(vocab["raw_ids"], dtype=np.int64), vocab["n_vocab"],
-                        vocab["pad_id"])
+    tok = vocab["tokenizer"]
+    table = compact_map(np.asarray(vocab["raw_ids"], dtype=np.int64), tok["n_vocab"],
+                        tok["pad_id"])
     mismatched = 0
     for start in range(0, len(texts), batch_size):
-        raw = predictor.encode(texts[start:start + batch_size])
+        part = slice(start, start + batch_size)
+        raw = predictor.encode(texts[part], pairs[part] if pairs is not None else None)
         serving = np.zeros((len(raw), token_ids.shape[1]), dtype=np.int64)
         serving[:, : raw.shape[1]] = table[raw]
         stored = token_ids[start:start + batch_size]
@@ -182,10 +197,12 @@ def tokenization_skew(predictor: Predictor, texts: Sequence[str], token_ids: np.
 
 def _check_same_model(bundle: Bundle, predictor: Predictor, onnx_path: Path | str) -> None:
     theirs = predictor.metadata
-    if (bundle.label_names, bundle.tokenizer) != (theirs.label_names, theirs.tokenizer):
+    ours = (bundle.task, bundle.label_names, bundle.thresholds, bundle.tokenizer)
+    if ours != (theirs.task, theirs.label_names, theirs.thresholds, theirs.tokenizer):
         raise TextclfError(
-            f"parity: {onnx_path} describes another model (labels {theirs.label_names}, "
-            f"{theirs.tokenizer}; models/model.pt has {bundle.label_names}, "
+            f"parity: {onnx_path} describes another model ({theirs.task}, labels "
+            f"{theirs.label_names}, thresholds {theirs.thresholds}, {theirs.tokenizer}; "
+            f"models/model.pt has {bundle.task}, {bundle.label_names}, {bundle.thresholds}, "
             f"{bundle.tokenizer}). Re-export it with `dvc repro export`."
         )
 
@@ -196,11 +213,13 @@ def _torch_logits(model: torch.nn.Module, ids: np.ndarray) -> np.ndarray:
 
 
 def _latencies(model: torch.nn.Module, predictor: Predictor, texts: Sequence[str],
-               runs: int) -> tuple[list[float], list[float]]:
+               pairs: Sequence[str] | None, runs: int) -> tuple[list[float], list[float]]:
     # Batch 1, the same texts for both engines. One engine after the other, not interleaved:
     # each one's worker threads keep spinning briefly after a call, and interleaving made torch
     # look 100x slower on a 2-core machine while ORT's threads held both cores.
-    singles = [predictor.encode([texts[i % len(texts)]]) for i in range(runs)]
+    singles = [predictor.encode([texts[i % len(texts)]],
+                                [pairs[i % len(texts)]] if pairs is not None else None)
+               for i in range(runs)]
     return (_timed(lambda ids: _torch_logits(model, ids), singles),
             _timed(predictor.logits, singles))
 

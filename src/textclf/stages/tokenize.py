@@ -1,44 +1,50 @@
-"""Stage `tokenize`: validated text -> padded compact-id arrays, labels, lengths and the vocabulary.
+"""Stage `tokenize`: validated text -> padded compact-id arrays, labels, lengths, vocabulary.
 
-Reads  data/validated/{train,test}.parquet, data/validated/labels.json
-Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels, rows;
-                                         train and val also `teacher`: baseline probs from
-                                         fits that did not see the row)
-       data/tokens/vocab.json            (encoding, max_length, pad_id, n_vocab, raw_ids, labels)
+Reads  data/validated/{train,test}.parquet, data/validated/dataset.json
+Writes data/tokens/{train,val,test}.npz  (ids int32 [N, max_length], lengths, labels (int64 [N],
+                                         or 0/1 float32 [N, K] for multi-label), rows; train
+                                         and val also `teacher`: baseline probs from fits that
+                                         did not see the row)
+       data/tokens/vocab.json            (tokenizer (serving/contract.TokenizerInfo), task,
+                                         label names, input fields, raw_ids)
 
-The validation split is carved out of the training file here (stratified, seeded), so model
-selection never sees the test file. The compact vocabulary covers only ids seen in the training
-split: the embedding table shrinks from ~100k rows to the few tens of thousands the data uses.
-How a text becomes ids is serving/encoding.py's, the same code `predict` runs.
+The validation split is carved out of the training file here (stratified by class when there is
+one label per row, seeded), so model selection never sees the test file. The compact vocabulary
+covers only ids seen in the training split: the embedding table shrinks from ~100k rows to the
+tens of thousands the data uses. How a text becomes ids is serving/encoding.py's, the same code
+`predict` runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from textclf.core.artifacts import read_validated
+from textclf.core.artifacts import read_text_artifact, read_validated
 from textclf.core.atomic import atomic_dir
 from textclf.core.config import Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
-from textclf.modeling.baseline import teacher_probabilities
+from textclf.modeling.baseline import as_inputs, teacher_probabilities
+from textclf.serving.contract import TokenizerInfo
 from textclf.serving.encoding import PAD_ROW, compact_map, encode, flatten, pad_flat, take_rows
 from textclf.serving.text import model_input
-from textclf.serving.tokenizer import load_encoding, pad_id
+from textclf.serving.tokenizer import load_encoding, pad_id, separator_id
 
 SPLITS = ("train", "val", "test")
 
 
-def encode_corpus(encoding_name: str, texts: Sequence[str], max_length: int, lowercase: bool,
+def encode_corpus(tok: TokenizerInfo, texts: Sequence[str], pairs: Sequence[str] | None,
                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Model input of every text, encoded: (flat raw ids int64, per-text lengths int64).
+    """Model input of every text (or pair), encoded: (flat raw ids int64, lengths int64).
 
     tiktoken holds the GIL, so threads do not help; forked worker processes each clean and
     encode one contiguous part (1.41x on 2 cores, benchmarks/tokenize_speed.py). ``workers`` 0
@@ -46,11 +52,11 @@ def encode_corpus(encoding_name: str, texts: Sequence[str], max_length: int, low
     """
     workers = workers or _available_cores()
     parts = _contiguous_parts(len(texts), workers if len(texts) >= _PARALLEL_MIN_TEXTS else 1)
-    jobs = [(encoding_name, texts[a:b], max_length, lowercase) for a, b in parts]
+    jobs = [(tok, texts[a:b], pairs[a:b] if pairs is not None else None) for a, b in parts]
     if len(jobs) == 1 or "fork" not in multiprocessing.get_all_start_methods():
         results = [_encode_part(job) for job in jobs]
     else:
-        load_encoding(encoding_name)  # loaded once here, inherited by every forked worker
+        load_encoding(tok.encoding)  # loaded once here, inherited by every forked worker
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(len(jobs) - 1, mp_context=context) as pool:
             pending = [pool.submit(_encode_part, job) for job in jobs[1:]]
@@ -73,14 +79,15 @@ def build_vocab(train_ids: np.ndarray, n_vocab: int, size: int, min_freq: int) -
 
 def stratified_split(labels: np.ndarray, val_fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val), each class split in the same proportion, reproducibly."""
+    """Row indices (train, val), reproducibly; each class split in the same proportion when
+    there is one label per row (multi-label rows are split at random)."""
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(len(labels))
     try:
         train_rows, val_rows = train_test_split(
-            rows, test_size=val_fraction, random_state=seed, stratify=labels
-        )
+            rows, test_size=val_fraction, random_state=seed,
+            stratify=labels if labels.ndim == 1 else None)
     except ValueError as exc:
         raise TextclfError(
             f"tokenize: cannot carve a stratified validation split ({exc}). Each class needs "
@@ -91,60 +98,72 @@ def stratified_split(labels: np.ndarray, val_fraction: float,
 
 def run(params: Params, paths: Paths) -> dict[str, int]:
     cfg = params.tokenize
-    frames = {name: read_validated(paths.validated / f"{name}.parquet", ["label", "text"])
+    dataset = json.loads(read_text_artifact(paths.validated / "dataset.json"))
+    pairs = dataset["task"] == "pair"
+    columns = ["label", "text", "text_pair"] if pairs else ["label", "text"]
+    frames = {name: read_validated(paths.validated / f"{name}.parquet", columns)
               for name in ("train", "test")}
-    label_names = json.loads((paths.validated / "labels.json").read_text())["label_names"]
     encoding = load_encoding(cfg.encoding)
-    pad_raw = pad_id(encoding)
+    tok = TokenizerInfo(
+        encoding=cfg.encoding, max_length=cfg.max_length, pad_id=pad_id(encoding),
+        n_vocab=encoding.n_vocab, lowercase=cfg.lowercase, normalize=dataset["normalize"],
+        head_tokens=(round(cfg.head_share * cfg.max_length) if cfg.truncation == "head_tail"
+                     else cfg.max_length),
+        pair_separator_id=separator_id(encoding) if pairs else -1)
+    labels = {name: label_array(frame["label"]) for name, frame in frames.items()}
 
-    train_labels = frames["train"]["label"].to_numpy(np.int64)
-    train_rows, val_rows = stratified_split(train_labels, cfg.val_fraction, cfg.seed)
+    train_rows, val_rows = stratified_split(labels["train"], cfg.val_fraction, cfg.seed)
     split_rows = {"train": train_rows, "val": val_rows, "test": np.arange(len(frames["test"]))}
     split_source = {"train": "train", "val": "train", "test": "test"}
 
     # One pass over both files: the worker processes start once.
     texts = frames["train"]["text"].tolist() + frames["test"]["text"].tolist()
-    flat, lengths = encode_corpus(cfg.encoding, texts, cfg.max_length, cfg.lowercase)
+    second = (frames["train"]["text_pair"].tolist() + frames["test"]["text_pair"].tolist()
+              if pairs else None)
+    flat, lengths = encode_corpus(tok, texts, second)
     file_offset = {"train": 0, "val": 0, "test": len(frames["train"])}
     raw_ids = build_vocab(take_rows(flat, lengths, train_rows)[0], encoding.n_vocab,
                           cfg.vocab_size, cfg.min_freq)
-    table = compact_map(raw_ids, encoding.n_vocab, pad_raw)
+    # (The pair separator is in every pair row: the most frequent id, always kept.)
+    table = compact_map(raw_ids, encoding.n_vocab, tok.pad_id)
 
     teacher: dict[str, np.ndarray] = {}
     if cfg.teacher_folds:
-        texts_of_file = frames["train"]["text"].to_numpy()
+        train_file = frames["train"]
+        inputs = as_inputs(train_file["text"], train_file["text_pair"] if pairs else None)
         teacher["train"], teacher["val"] = teacher_probabilities(
-            texts_of_file[train_rows], train_labels[train_rows], texts_of_file[val_rows],
-            len(label_names), params.baseline, cfg.teacher_folds, cfg.seed)
+            inputs[train_rows], labels["train"][train_rows], inputs[val_rows],
+            len(dataset["label_names"]), params.baseline, cfg.teacher_folds, cfg.seed)
 
     summary: dict[str, int] = {"vocab_rows": len(raw_ids) + 2}
     with atomic_dir(paths.tokens) as out:
         for split in SPLITS:
-            source = frames[split_source[split]]
             rows = split_rows[split]
             split_flat, split_lengths = take_rows(flat, lengths, rows + file_offset[split])
             arrays = {
                 "ids": pad_flat(split_flat, split_lengths, PAD_ROW, width=cfg.max_length,
                                 table=table, dtype=np.int32),
                 "lengths": split_lengths.astype(np.int32),
-                "labels": source["label"].to_numpy(np.int64)[rows],
+                "labels": labels[split_source[split]][rows],
                 "rows": rows.astype(np.int64),
             }
             if split in teacher:
                 arrays["teacher"] = teacher[split]
             np.savez(out / f"{split}.npz", **arrays)
             summary[f"{split}_rows"] = len(rows)
-        vocab = {
-            "encoding": cfg.encoding,
-            "max_length": cfg.max_length,
-            "pad_id": pad_raw,
-            "lowercase": cfg.lowercase,
-            "n_vocab": encoding.n_vocab,
-            "label_names": label_names,
-            "raw_ids": raw_ids.tolist(),
-        }
+        vocab = {"tokenizer": dataclasses.asdict(tok), "task": dataset["task"],
+                 "label_names": dataset["label_names"],
+                 "input_fields": dataset["input_fields"], "raw_ids": raw_ids.tolist()}
         (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     return summary
+
+
+def label_array(column: Any) -> np.ndarray:
+    """int64 (N,) class indices, or float32 (N, K) 0/1 rows for multi-label."""
+    first = column.iloc[0] if len(column) else 0
+    if np.ndim(first) == 1:
+        return np.stack(column.to_numpy()).astype(np.float32)
+    return column.to_numpy(np.int64)
 
 
 # Below this many texts, starting a worker process costs more than it saves.
@@ -160,9 +179,13 @@ def _contiguous_parts(n: int, parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds.tolist()))
 
 
-def _encode_part(job: tuple[str, Sequence[str], int, bool]) -> tuple[np.ndarray, np.ndarray]:
-    encoding_name, texts, max_length, lowercase = job
-    rows = encode(load_encoding(encoding_name), [model_input(t, lowercase) for t in texts],
-                  max_length)
+def _encode_part(job: tuple[TokenizerInfo, Sequence[str], Sequence[str] | None],
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    tok, texts, pairs = job
+    def prepared(values: Sequence[str]) -> list[str]:
+        return [model_input(t, tok.normalize, tok.lowercase) for t in values]
+
+    rows = encode(load_encoding(tok.encoding), tok, prepared(texts),
+                  prepared(pairs) if pairs is not None else None)
     # Arrays, not lists: a worker's result crosses the process boundary as one buffer.
     return flatten(rows)

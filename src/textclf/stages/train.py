@@ -4,7 +4,10 @@ Precision and device follow `train.precision` and `train.device` (modeling/preci
 Batches are length-bucketed and trimmed to their longest real sequence, so padding to
 max_length costs nothing here. The model is selected on the validation split only; with
 `train.refit` it trains on the validation rows too and the last epoch is shipped (settings were
-chosen on validation in refit-off experiments). A checkpoint is written after every epoch
+chosen on validation in refit-off experiments). Multi-label training always holds the validation
+split out: each label's decision threshold is chosen on it (F1-best) and shipped in the model.
+Losses: cross-entropy for one label per row (multiclass, pairs), BCE-with-logits per label for
+multi-label (modeling/objectives.py). A checkpoint is written after every epoch
 (modeling/checkpoint.py); a re-run with the same config, data and code resumes from it and ends
 exactly where an uninterrupted run would. Speed and whether the run resumed go to
 metrics/runtime/train.json, not to the metrics `dvc metrics diff` compares.
@@ -40,7 +43,13 @@ from textclf.modeling.batching import (
 )
 from textclf.modeling.bundle import Bundle, save_bundle
 from textclf.modeling.checkpoint import TrainState
-from textclf.modeling.network import UNK_ROW, TextClassifier
+from textclf.modeling.network import UNK_ROW, TextClassifier, separator_row
+from textclf.modeling.objectives import (
+    choose_thresholds,
+    classification_loss,
+    score_key,
+    smoothed,
+)
 from textclf.modeling.precision import Precision, resolve_precision
 from textclf.serving.contract import TokenizerInfo
 
@@ -55,11 +64,17 @@ def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
 
 def evaluate_split(model: TextClassifier, split: dict[str, np.ndarray], batch_size: int,
                    precision: Precision, label_smoothing: float = 0.0) -> dict[str, float]:
+    """Loss and the selection score: accuracy, or micro-F1 at 0.5 for multi-label."""
     logits = torch.from_numpy(batched_logits(model, split["ids"], split["lengths"], batch_size,
                                              precision.device, precision.autocast))
-    labels = torch.from_numpy(split["labels"]).long()
-    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing).item()
-    return {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean().item()}
+    labels = torch.from_numpy(split["labels"])
+    if labels.ndim == 2:
+        loss = F.binary_cross_entropy_with_logits(logits, smoothed(labels, label_smoothing))
+        on, truth = logits > 0, labels > 0.5
+        hits, claimed = (on & truth).sum().item(), on.sum().item() + truth.sum().item()
+        return {"loss": loss.item(), "score": 2 * hits / max(1, claimed)}
+    loss = F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing).item()
+    return {"loss": loss, "score": (logits.argmax(-1) == labels).float().mean().item()}
 
 
 def fingerprint(params: Params, paths: Paths) -> str:
@@ -105,13 +120,18 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
 
     vocab = load_vocab(paths.tokens)
+    tok, task = TokenizerInfo(**vocab["tokenizer"]), vocab["task"]
     train_split, val_split = load_split(paths.tokens, "train"), load_split(paths.tokens, "val")
-    if cfg.refit:
+    # Multi-label thresholds are chosen on the validation rows: they cannot be trained on.
+    refit = cfg.refit and task != "multilabel"
+    if refit:
         train_split = refit_rows(train_split, val_split, cfg)
     teacher_probs = soft_labels(train_split, cfg)
+    vocab_raw_ids = torch.tensor(vocab["raw_ids"], dtype=torch.int64)
     model = TextClassifier(params.model, vocab_rows=len(vocab["raw_ids"]) + 2,
-                           num_labels=len(vocab["label_names"]),
-                           max_length=vocab["max_length"]).to(precision.device)
+                           num_labels=len(vocab["label_names"]), max_length=tok.max_length,
+                           sep_row=separator_row(vocab_raw_ids, tok.pair_separator_id),
+                           ).to(precision.device)
     opt = _optimisation(model, cfg, precision, len(train_split["labels"]))
 
     state = TrainState(fingerprint=fingerprint(params, paths))
@@ -129,15 +149,15 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             if state.stale_epochs >= cfg.patience > 0:
                 break
             row, speed = _train_epoch(opt, epoch, train_split, teacher_probs, precision, cfg)
-            if not cfg.refit:  # a refit trained on the validation rows: scoring them says nothing
+            if not refit:  # a refit trained on the validation rows: scoring them says nothing
                 val = evaluate_split(opt.scored, val_split, cfg.batch_size * 4, precision,
                                      cfg.label_smoothing)
-                row.update(val_loss=val["loss"], val_acc=val["acc"])
+                row.update({"val_loss": val["loss"], score_key(task): val["score"]})
             row.update(lr=opt.scheduler.get_last_lr()[0], samples_per_s=speed)
-            state.record(row, opt.scored, keep_last=cfg.refit)
+            state.record(row, opt.scored, keep_last=refit, score_key=score_key(task))
             _log_epoch(live, row)
             scores = "".join(f" {key} {row[key]:.4f}"
-                             for key in ("train_loss", "val_loss", "val_acc") if key in row)
+                             for key in ("train_loss", "val_loss", score_key(task)) if key in row)
             print(f"epoch {row['epoch']}/{cfg.epochs}:{scores} "
                   f"{row['samples_per_s']:.0f} samples/s", file=sys.stderr, flush=True)
             state.save(ckpt_path, *opt.parts())
@@ -155,21 +175,23 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     model.load_state_dict(state.best_weights or opt.scored.state_dict())
     model.cpu().eval()
+    thresholds = None
+    if task == "multilabel":
+        val_logits = batched_logits(model, val_split["ids"], val_split["lengths"],
+                                    cfg.batch_size * 4)
+        thresholds = choose_thresholds(1 / (1 + np.exp(-val_logits)), val_split["labels"])
     save_bundle(paths.model, Bundle(
-        model=model,
-        vocab_raw_ids=torch.tensor(vocab["raw_ids"], dtype=torch.int64),
-        label_names=vocab["label_names"],
-        tokenizer=TokenizerInfo(encoding=vocab["encoding"], max_length=vocab["max_length"],
-                                pad_id=vocab["pad_id"], n_vocab=vocab["n_vocab"],
-                                lowercase=vocab["lowercase"]),
+        model=model, vocab_raw_ids=vocab_raw_ids, label_names=vocab["label_names"],
+        tokenizer=tok, task=task, thresholds=thresholds, input_fields=vocab["input_fields"],
         train_config={"train": cfg.model_dump(), "model": params.model.model_dump(),
-                      "best_epoch": best.get("epoch"), "fingerprint": state.fingerprint},
+                      "refit": refit, "best_epoch": best.get("epoch"),
+                      "fingerprint": state.fingerprint},
         package_version=__version__,
     ))
     summary = {"best_epoch": best.get("epoch"), "epochs_run": len(state.history),
                "train_rows": len(train_split["labels"]), "resumed": resumed}
-    if "val_acc" in best:  # a refit has no held-out score to report
-        summary["best_val_acc"] = best["val_acc"]
+    if score_key(task) in best:  # a refit has no held-out score to report
+        summary[f"best_{score_key(task)}"] = best[score_key(task)]
     return summary
 
 
@@ -256,19 +278,6 @@ def drop_tokens(ids: torch.Tensor, rate: float) -> torch.Tensor:
     return ids.masked_fill(drop, UNK_ROW)
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                        teacher: torch.Tensor | None = None) -> torch.Tensor:
-    """Label-smoothed cross-entropy, blended with distillation from the teacher's soft labels."""
-    hard = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-    if teacher is None or cfg.distill_weight == 0:
-        return hard
-    t = cfg.distill_temperature
-    targets = torch.softmax(teacher.clamp_min(1e-8).log() / t, dim=-1)
-    # t^2 keeps the soft term's gradient scale independent of the temperature (Hinton et al.).
-    soft = F.kl_div(F.log_softmax(logits / t, dim=-1), targets, reduction="batchmean") * t * t
-    return (1 - cfg.distill_weight) * hard + cfg.distill_weight * soft
-
-
 def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np.ndarray]:
     from tqdm import tqdm
 
@@ -284,8 +293,10 @@ def _progress(batches: list[np.ndarray], epoch: int, epochs: int) -> Iterator[np
 
 def _log_epoch(live: Any, row: dict[str, float]) -> None:
     live.log_metric("train/loss", row["train_loss"])
-    if "val_acc" in row:
+    if "val_loss" in row:
         live.log_metric("val/loss", row["val_loss"])
-        live.log_metric("val/acc", row["val_acc"])
+        for key in ("val_acc", "val_micro_f1"):
+            if key in row:
+                live.log_metric(key.replace("_", "/", 1), row[key])
     live.log_metric("lr", row["lr"], plot=False)
     live.next_step()
