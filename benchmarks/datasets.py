@@ -50,6 +50,8 @@ def run_one(dataset: str, overrides: list[str]) -> dict:
         "stage_s": stage_times(log),
         "train_samples_per_s": round(statistics.median(runtime["samples_per_s"]), 1),
         "epochs": train.get("epochs_run"),
+        # Held out only with train.refit false (or multi-label): the figure to choose settings on.
+        "best_val": {k: v for k, v in train.items() if k.startswith("best/val")},
         "headline_metric": headline,
         "model": model,
         "baseline": baseline,

@@ -109,7 +109,7 @@ def tiny_model_project(tmp_path_factory: pytest.TempPathFactory) -> object:
 
     root = tmp_path_factory.mktemp("tiny_model_project")
     corpus = make_corpus(tmp_path_factory.mktemp("tiny_corpus"))
-    write_validated(root, corpus, LABEL_NAMES)
+    write_validated(root, corpus)
     paths = Paths(root)
     params = tiny_params()
     tokenize.run(params, paths)

@@ -7,13 +7,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from textclf.core.config import Params, params_from_dict
-from textclf.serving.text import join_title_description
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+AGNEWS_RULES = ["scrape_entities", "html_entities", "html_tags", "backslash_escapes",
+                "whitespace"]
+
+
+def charcnn_data(source: Path | str, sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """The `data` section for a corpus in AG News's headerless char-CNN form at ``source``
+    (the synthetic corpora): the agnews preset with its details moved to that source."""
+    return {"source": str(source), "files": None, "text": ["title", "description"],
+            "text_pair": None, "label": "class", "task": "auto",
+            "details": {"for_source": str(source), "columns": ["class", "title", "description"],
+                        "label_names": {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"},
+                        "normalize": AGNEWS_RULES, "sha256": sha256 or {}}}
 
 
 def covers(dep: Path, path: Path) -> bool:
@@ -43,15 +53,24 @@ def small_params(**overrides: dict[str, Any]) -> Params:
     return params_from_dict(params_dict(**sized))
 
 
-def write_validated(root: Path, corpus: Path, label_names: list[str]) -> None:
-    """data/validated/ as the validate stage writes it, straight from a char-CNN corpus dir."""
+def write_validated(root: Path, corpus: Path, data: dict[str, Any] | None = None) -> None:
+    """data/validated/ as the validate stage writes it (without GX) from a corpus dir; ``data``
+    describes it (default: the char-CNN form of the synthetic corpora)."""
+    from textclf.core.dataset import encoded_labels, label_names, model_table, raw_file
+    from textclf.serving.text import normalize
+
+    cfg = params_from_dict(params_dict(data=data or charcnn_data(corpus))).data
+    details = cfg.source_details()
+    rules = details.normalize if details else ()
+    frames = {split: model_table(raw_file(corpus, split), cfg, lambda t: normalize(t, rules))
+              for split in ("train", "test")}
+    label_map = details.label_names if details else None
+    names = label_names(frames["train"], cfg, label_map)
     out = root / "data" / "validated"
     out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
-        frame = pd.read_csv(corpus / f"{split}.csv", header=None, dtype=str,
-                            names=["label", "title", "description"], keep_default_na=False)
-        frame["label"] = frame["label"].astype("int64") - 1
-        frame["text"] = [join_title_description(t, d)
-                         for t, d in zip(frame["title"], frame["description"], strict=True)]
-        frame.to_parquet(out / f"{split}.parquet")
-    (out / "labels.json").write_text(json.dumps({"label_names": label_names}))
+    for split, frame in frames.items():
+        encoded_labels(frame, cfg, names, label_map).to_parquet(out / f"{split}.parquet")
+    (out / "dataset.json").write_text(json.dumps({
+        "task": cfg.resolved_task, "label_names": names, "normalize": list(rules),
+        "input_fields": {"text": list(cfg.text_columns),
+                         "text_pair": [cfg.text_pair] if cfg.text_pair else []}}))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pydantic
 import pytest
 import yaml
@@ -15,7 +17,33 @@ def test_repo_params_load_as_written() -> None:
     assert set(raw) == {field.alias or name for name, field in Params.model_fields.items()}
     for section, values in raw.items():
         loaded = getattr(params, section).model_dump()
-        assert {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.items()} == values
+        # JSON-equal: tuples read as lists, YAML's integer label keys as text.
+        assert json.loads(json.dumps(loaded)) == json.loads(json.dumps(values))
+
+
+@pytest.mark.parametrize("dataset", ["agnews", "imdb", "go_emotions", "mnli"])
+def test_every_preset_composes_into_valid_params(dataset: str, tmp_path) -> None:
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(PROJECT_ROOT / "conf"), None, "config", "", [f"dataset={dataset}"])
+    params = load_params(out)
+    assert params.data.source == f"../shared/data/{dataset}"
+    assert params.data.source_details() is not None  # its facts apply to its own source
+    expected = {"agnews": "multiclass", "imdb": "multiclass", "go_emotions": "multilabel",
+                "mnli": "pair"}[dataset]
+    assert params.data.resolved_task == expected
+    if dataset == "agnews":  # the committed params.yaml is the default composition
+        assert yaml.safe_load(out.read_text()) == yaml.safe_load(
+            (PROJECT_ROOT / "params.yaml").read_text())
+
+
+def test_source_details_belong_to_their_source_only() -> None:
+    # `-S data.source=/elsewhere` alone: nothing known about AG News's files applies there.
+    params = params_from_dict(params_dict(data={"source": "/elsewhere", "text": "review",
+                                                "label": "sentiment"}))
+    assert params.data.source_details() is None
+    assert params_from_dict(params_dict()).data.source_details().label_names["1"] == "World"
 
 
 @pytest.mark.parametrize(
@@ -26,17 +54,20 @@ def test_repo_params_load_as_written() -> None:
         ("train", "precision", "fp8", "`train.precision` must be one of auto, fp32, bf16, fp16"),
         ("model", "d_model", 30, "`model.d_model` must be a multiple of n_heads (4), got 30"),
         ("tokenize", "val_fraction", 1.5, "`tokenize.val_fraction` must be in (0, 1), got 1.5"),
-        ("fetch", "fraction", 0, "`fetch.fraction` must be in (0, 1], got 0"),
+        ("validate", "fraction", 0, "`validate.fraction` must be in (0, 1], got 0"),
         ("train", "epochs", True, "`train.epochs` must be an integer, got True"),
         ("train", "epochs", 2.5, "`train.epochs` must be an integer, got 2.5"),
         ("train", "refit", "yes", "`train.refit` must be true or false"),
         ("train", "patience", 2, "`train.patience` must be 0 when train.refit is true"),
         ("tokenize", "teacher_folds", 1, "`tokenize.teacher_folds` must be 0 (off) or >= 2"),
-        ("validate", "label_names", ["A", "A"], "`validate.label_names` must be a list of "
-                                                "distinct names"),
-        ("fetch", "sha256", {"train": "abc"}, "`fetch.sha256.train` must be 64 hex digits"),
-        ("fetch", "sha256", {"dev": "a" * 64}, "`fetch.sha256.dev` must be one of train, test"),
-        ("fetch", "source", "  ", "`fetch.source` must be a path or URL"),
+        ("validate", "max_class_ratio", 0.5, "`validate.max_class_ratio` must be 0 (off) or >= 1"),
+        ("data", "task", "multilabel", "`data.label` must be a list of 0/1 columns when "
+                                       "data.task is multilabel"),
+        ("data", "task", "pair", "`data.text_pair` must be a column when data.task is pair"),
+        ("data", "task", "regression", "`data.task` must be one of auto, multiclass, "
+                                       "multilabel, pair"),
+        ("data", "files", {"dev": "dev.csv"}, "`data.files.dev` must be one of train, test"),
+        ("data", "source", "  ", "`data.source` must be a non-blank string"),
     ],
 )
 def test_bad_value_names_key(section: str, key: str, value: object, needle: str) -> None:
@@ -62,7 +93,7 @@ def test_unknown_and_missing_keys() -> None:
                                            r"`train`: lr, weight_decay"):
         params_from_dict(raw)
     # params.yaml is the only source of values: a key missing from it is never defaulted.
-    for section, key in (("fetch", "source"), ("train", "epochs"), ("train", "refit"),
+    for section, key in (("data", "source"), ("train", "epochs"), ("train", "refit"),
                          ("model", "dropout")):
         raw = params_dict()
         del raw[section][key]

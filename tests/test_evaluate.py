@@ -41,8 +41,9 @@ def test_evaluate_writes_metrics_confusion_and_mistakes(tiny_model_project: Path
     summary = evaluate.run(tiny_params(), paths)
 
     report = json.loads((paths.metrics / "eval.json").read_text())
-    assert set(report) == {"model", "baseline", "model_minus_baseline_accuracy", "train_rows",
-                           "test_rows"}
+    assert set(report) == {"task", "model", "baseline", "model_minus_baseline_accuracy",
+                           "train_rows", "test_rows"}
+    assert report["task"] == "multiclass" and "roc_auc" not in report["model"]  # 4 classes
     assert report["test_rows"] == len(test["labels"]) == summary["test_rows"]
     for section in ("model", "baseline"):
         for key in ("accuracy", "macro_f1"):
@@ -55,7 +56,7 @@ def test_evaluate_writes_metrics_confusion_and_mistakes(tiny_model_project: Path
         report["model"]["accuracy"] - report["baseline"]["accuracy"], abs=1e-6)
     assert report["baseline"]["accuracy"] > 0.6  # the topic words make this easy
 
-    confusion = json.loads((paths.metrics / "eval" / "confusion.json").read_text())
+    confusion = json.loads((paths.eval_plots / "sklearn" / "confusion_matrix.json").read_text())
     assert len(confusion) == len(test["labels"])
     assert all(set(row) == {"actual", "predicted"} for row in confusion)
     assert [row["actual"] for row in confusion] == [LABEL_NAMES[i] for i in test["labels"]]
@@ -77,20 +78,20 @@ def test_baseline_fits_on_the_rows_the_model_trained_on(tiny_model_project: Path
                                                         refit: bool) -> None:
     paths = _copy_project(tiny_model_project, tmp_path)
     bundle = load_bundle(paths.model)
-    save_bundle(paths.model, dataclasses.replace(bundle, train_config={"train": {"refit": refit}}))
+    save_bundle(paths.model, dataclasses.replace(bundle, train_config={"refit": refit}))
     seen = {}
     real = evaluate.fit_baseline
 
     def spy(train_texts, train_labels, cfg):
         seen.update(train=list(train_texts))
         fitted = real(train_texts, train_labels, cfg)
-        predict = fitted.predict
+        predict = fitted.predict_proba
 
         def spy_predict(test_texts):
             seen.update(test=list(test_texts))
             return predict(test_texts)
 
-        fitted.predict = spy_predict
+        fitted.predict_proba = spy_predict
         return fitted
 
     monkeypatch.setattr(evaluate, "fit_baseline", spy)

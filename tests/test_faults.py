@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import LABEL_NAMES, make_corpus
-from tests.helpers import params_dict, write_validated
+from tests.helpers import charcnn_data, params_dict, write_validated
 
 SMALL = {"tokenize": {"max_length": 32, "teacher_folds": 2}, "validate": {"min_rows": 10}}
 
@@ -51,7 +51,7 @@ def run_stage(stage: str, cwd: Path, *prefix: str,
 
 
 def write_params(root: Path, source: Path) -> None:
-    raw = params_dict(fetch={"source": str(source), "sha256": {}}, **SMALL)
+    raw = params_dict(data=charcnn_data(source), **SMALL)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
@@ -76,7 +76,7 @@ def fill(directory: Path) -> None:
 
 
 def test_full_disk_leaves_nothing_half_written(tmpfs: Path, tmp_path: Path) -> None:
-    write_validated(tmpfs, make_corpus(tmp_path / "corpus"), LABEL_NAMES)
+    write_validated(tmpfs, make_corpus(tmp_path / "corpus"))
     write_params(tmpfs, tmp_path / "corpus")
     before = sorted(p.relative_to(tmpfs) for p in (tmpfs / "data").rglob("*"))
     fill(tmpfs)
@@ -100,7 +100,7 @@ def test_read_only_file_system(tmpfs: Path, tmp_path: Path) -> None:
 
 
 def test_file_size_limit(tmp_path: Path) -> None:
-    write_validated(tmp_path, make_corpus(tmp_path / "corpus"), LABEL_NAMES)
+    write_validated(tmp_path, make_corpus(tmp_path / "corpus"))
     write_params(tmp_path, tmp_path / "corpus")
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
     # The validated parquet files are a few KiB; the token arrays are larger.

@@ -17,15 +17,16 @@ from textclf.core import artifacts
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
 from textclf.modeling import baseline
-from textclf.serving import encoding, tokenizer
-from textclf.serving.text import _clean_all_passes, clean_text, join_title_description
+from textclf.serving import encoding, text, tokenizer
+from textclf.serving.contract import TokenizerInfo
+from textclf.serving.text import normalize
 from textclf.serving.tokenizer import CL100K_SHA256, load_encoding, pad_id
 from textclf.stages import tokenize
 
 
 @pytest.fixture
 def tokenized(tmp_path, corpus_dir):
-    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    write_validated(tmp_path, corpus_dir)
     params = small_params()
     summary = tokenize.run(params, Paths(tmp_path))
     return tmp_path, params, summary
@@ -74,29 +75,94 @@ def test_unavailable_encoding_fails_with_instructions(monkeypatch) -> None:
     load_encoding.cache_clear()
 
 
-def test_clean_text_undoes_corpus_escapes() -> None:
+AGNEWS_RULES = ["scrape_entities", "html_entities", "html_tags", "backslash_escapes",
+                "whitespace"]
+
+
+def tok_info(max_length: int = 16, head_tokens: int | None = None, lowercase: bool = False,
+             normalize=(), separator: int = -1) -> TokenizerInfo:
+    return TokenizerInfo(encoding="cl100k_base", max_length=max_length, pad_id=100257,
+                         n_vocab=100277, lowercase=lowercase, normalize=tuple(normalize),
+                         head_tokens=max_length if head_tokens is None else head_tokens,
+                         pair_separator_id=separator)
+
+
+def test_the_agnews_rules_undo_its_scrape_escapes() -> None:
     raw = r"America #39;s &lt;b&gt;top&lt;/b&gt; pick costs #36;5 or \$6, end of\the line"
-    assert clean_text(raw) == "America's top pick costs $5 or $6, end of the line"
-    assert clean_text(clean_text(raw)) == clean_text(raw)
-    assert join_title_description("  Title ", " body\\n ") == "Title body"
-    assert clean_text("rebel\\negotiators") == "rebel negotiators"
+    clean = normalize(raw, AGNEWS_RULES)
+    assert clean == "America's top pick costs $5 or $6, end of the line"
+    assert normalize(clean, AGNEWS_RULES) == clean
+    assert normalize("  Title  body\\n ", AGNEWS_RULES) == "Title body"
+    assert normalize("rebel\\negotiators", AGNEWS_RULES) == "rebel negotiators"
 
 
-def test_the_clean_text_shortcut_never_changes_the_result() -> None:
-    # clean_text skips its passes when a cheap scan finds nothing they could change; on random
-    # strings rich in the characters the passes act on, both must agree exactly.
+def test_each_rule_does_only_its_own_job() -> None:
+    text = "A&amp;B <br />x\\$5  #39;s\tend "
+    assert normalize(text, []) == text  # a clean corpus: nothing applied
+    assert normalize(text, ["html_tags"]) == "A&amp;B  x\\$5  #39;s\tend "
+    assert normalize(text, ["html_entities"]) == "A&B <br />x\\$5  #39;s\tend "
+    assert normalize(text, ["whitespace"]) == "A&amp;B <br />x\\$5 #39;s end"
+    assert normalize("<br /><br />I raise", ["html_tags", "whitespace"]) == "I raise"
+
+
+def test_skipping_a_rule_that_cannot_apply_never_changes_the_result() -> None:
+    # normalize skips a rule when a cheap scan finds nothing it could change; on random strings
+    # rich in the characters the rules act on, the result equals applying every rule.
     rng = random.Random(0)
     alphabet = ["#", "&", "<", ">", ";", "\\", "$", "n", "39", "a", "Z", " ", "  ", "\t", "\n",
                 "\u00a0", "\u2003", "amp", "lt", "x41", "é"]
     samples = ["".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(20_000)]
-    for text in samples:
-        assert clean_text(text) == _clean_all_passes(text), repr(text)
-    assert sum(clean_text(t) is t for t in samples) > 100  # the shortcut was taken, too
+    skipped = 0
+    for sample in samples:
+        every = sample
+        for name in AGNEWS_RULES:
+            every = text.RULES[name][0](every)
+        assert normalize(sample, AGNEWS_RULES) == every, repr(sample)
+        skipped += not any(text.RULES[n][1].search(sample) for n in AGNEWS_RULES)
+    assert skipped > 100  # the shortcut was taken, too
+
+
+def test_head_tail_truncation_keeps_both_ends() -> None:
+    ids = list(range(20))
+    assert encoding.truncate(ids, 8, 8) == list(range(8))  # head only
+    assert encoding.truncate(ids, 8, 2) == [0, 1, 14, 15, 16, 17, 18, 19]
+    assert encoding.truncate(ids, 8, 0) == list(range(12, 20))
+    assert encoding.truncate(ids[:5], 8, 2) == ids[:5]  # short texts untouched
+
+
+def _longest_first_one_at_a_time(a: list[int], b: list[int], budget: int):
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        if len(a) > len(b):
+            a.pop()
+        else:
+            b.pop()
+    return a, b
+
+
+def test_pair_truncation_cuts_the_longer_side_first() -> None:
+    rng = random.Random(1)
+    for _ in range(2000):
+        a = list(range(rng.randint(0, 30)))
+        b = list(range(100, 100 + rng.randint(0, 30)))
+        budget = rng.randint(1, 40)
+        assert encoding.truncate_pair(a, b, budget) == _longest_first_one_at_a_time(a, b, budget)
+
+
+def test_a_pair_is_one_sequence_with_the_separator_between() -> None:
+    enc = load_encoding("cl100k_base")
+    sep = tokenizer.separator_id(enc)
+    assert sep not in (pad_id(enc),) and sep >= 100257  # a special token: never plain text
+    rows = encoding.encode(enc, tok_info(max_length=6, separator=sep),
+                           ["one two three four five"], ["six seven"])
+    first, second = enc.encode_ordinary("one two three four five"), enc.encode_ordinary(
+        "six seven")
+    assert rows == [[*first[:3], sep, *second[:2]]]
 
 
 def test_pad_and_truncate() -> None:
     enc = load_encoding("cl100k_base")
-    rows = encoding.encode(enc, ["", "one", "word " * 100], max_length=8)
+    rows = encoding.encode(enc, tok_info(max_length=8), ["", "one", "word " * 100])
     assert [len(r) for r in rows] == [0, 1, 8]
     padded = encoding.pad(rows, pad_value=-1)
     assert padded.shape == (3, 8)
@@ -128,11 +194,12 @@ def test_ragged_helpers_agree_with_padding_the_lists() -> None:
 def test_encode_corpus_in_worker_processes_equals_one_process(monkeypatch) -> None:
     texts = [f"Story {i}: shares of #39;Acme&lt;b&gt; rose {i % 97} points" * (1 + i % 4)
              for i in range(1000)]
-    single = tokenize.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=1)
+    tok = tok_info(max_length=16, head_tokens=4, lowercase=True, normalize=AGNEWS_RULES)
+    single = tokenize.encode_corpus(tok, texts, None, workers=1)
     monkeypatch.setattr(tokenize, "_PARALLEL_MIN_TEXTS", 10)
-    forked = tokenize.encode_corpus("cl100k_base", texts, 16, lowercase=True, workers=3)
+    forked = tokenize.encode_corpus(tok, texts, None, workers=3)
     enc = load_encoding("cl100k_base")
-    expected = encoding.encode(enc, [clean_text(t).lower() for t in texts], 16)
+    expected = encoding.encode(enc, tok, [normalize(t, AGNEWS_RULES).lower() for t in texts])
     for flat, lengths in (single, forked):
         assert lengths.tolist() == [len(r) for r in expected]
         assert flat.tolist() == [i for r in expected for i in r]
@@ -152,7 +219,10 @@ def test_stage_outputs(tokenized) -> None:
     root, params, summary = tokenized
     out = root / "data" / "tokens"
     vocab = json.loads((out / "vocab.json").read_text())
-    assert vocab["label_names"] == LABEL_NAMES and vocab["pad_id"] == 100257
+    assert vocab["label_names"] == LABEL_NAMES and vocab["tokenizer"]["pad_id"] == 100257
+    assert vocab["task"] == "multiclass" and vocab["tokenizer"]["pair_separator_id"] == -1
+    assert vocab["tokenizer"]["head_tokens"] == round(
+        params.tokenize.head_share * params.tokenize.max_length)
     assert summary["vocab_rows"] == len(vocab["raw_ids"]) + 2
     splits = {s: artifacts.load_split(out, s) for s in tokenize.SPLITS}
     for split in splits.values():
@@ -176,7 +246,7 @@ def test_stage_is_deterministic(tokenized, tmp_path_factory) -> None:
 
 
 def test_missing_input_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(TextclfError, match=r"validated/train.parquet: not found.*dvc repro"):
+    with pytest.raises(TextclfError, match=r"validated/dataset.json: not found.*dvc repro validate"):
         tokenize.run(small_params(), Paths(tmp_path))
     assert not (tmp_path / "data" / "tokens").exists()
 
@@ -195,7 +265,8 @@ def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
     # saw them is more confident about them than the teacher is.
     val = artifacts.load_split(root / "data" / "tokens", "val")
     texts = pd.read_parquet(root / "data" / "validated" / "train.parquet")["text"].to_numpy()
-    full_fit = baseline.fit(texts[train["rows"]], train["labels"], small_params().baseline)
+    full_fit = baseline.fit(baseline.as_inputs(texts[train["rows"]]), train["labels"],
+                            small_params().baseline)
     np.testing.assert_allclose(val["teacher"], full_fit.predict_proba(texts[val["rows"]]),
                                atol=1e-6)
     in_sample = full_fit.predict_proba(texts[train["rows"]])
@@ -204,17 +275,17 @@ def test_teacher_soft_labels_are_out_of_fold_probabilities(tokenized) -> None:
 
 
 def test_teacher_can_be_turned_off(tmp_path, corpus_dir) -> None:
-    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    write_validated(tmp_path, corpus_dir)
     tokenize.run(small_params(tokenize={"teacher_folds": 0}), Paths(tmp_path))
     for split in ("train", "val"):
         assert "teacher" not in artifacts.load_split(tmp_path / "data" / "tokens", split)
 
 
 def test_lowercase_vocabulary_has_no_capitals(tmp_path, corpus_dir) -> None:
-    write_validated(tmp_path, corpus_dir, LABEL_NAMES)
+    write_validated(tmp_path, corpus_dir)
     tokenize.run(small_params(tokenize={"lowercase": True}), Paths(tmp_path))
     vocab = artifacts.load_vocab(tmp_path / "data" / "tokens")
-    assert vocab["lowercase"] is True
+    assert vocab["tokenizer"]["lowercase"] is True
     enc = load_encoding("cl100k_base")
     pieces = b"".join(enc.decode_single_token_bytes(i) for i in vocab["raw_ids"])
     assert pieces == pieces.lower()  # the corpus's capitalised titles were folded

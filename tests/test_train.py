@@ -23,7 +23,7 @@ from textclf.stages import tokenize, train
 @pytest.fixture
 def tokens_root(tmp_path_factory, corpus_dir):
     root = tmp_path_factory.mktemp("project")
-    write_validated(root, corpus_dir, LABEL_NAMES)
+    write_validated(root, corpus_dir)
     tokenize.run(small_params(), Paths(root))
     return root
 

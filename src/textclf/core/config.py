@@ -11,7 +11,6 @@ errors into one paragraph that names each bad key, what it must be, what it is, 
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -384,12 +383,9 @@ def _expected(error: dict[str, Any], loc: list[str]) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "param_rule":
         return ctx["expected"]
-    if kind == "literal_error":
-        field = _field(loc)
-        choices = typing.get_args(field.annotation) if field else ()
-        if field and typing.get_origin(field.annotation) is dict:  # a Literal-keyed mapping
-            choices = typing.get_args(typing.get_args(field.annotation)[0])
-        return f"one of {', '.join(map(str, choices))}" if choices else ctx.get("expected", "")
+    if kind == "literal_error":  # pydantic's "'a', 'b' or 'c'", in this error's words
+        choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        return f"one of {', '.join(choices)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         field = _field(loc)
         return _interval(field.metadata) if field else kind.replace("_", " ")
