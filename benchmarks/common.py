@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "agnews"
 RESULTS = ROOT / "benchmarks" / "results"
+# AG News's normalisation rules (params: data.details.normalize), in order.
+AGNEWS_RULES = ["scrape_entities", "html_entities", "html_tags", "backslash_escapes",
+                "whitespace"]
 T = TypeVar("T")
 
 
@@ -22,14 +25,14 @@ def real_texts(split: str = "train") -> tuple[list[str], list[int]]:
     """Cleaned texts and 0-based labels of the shared AG News file, as the pipeline sees them."""
     import pandas as pd
 
-    from textclf.serving.text import join_title_description
+    from textclf.serving.text import normalize
 
     path = SHARED_DATA / f"{split}.csv"
     if not path.is_file():
         sys.exit(f"benchmark needs the real data at {path}")
     frame = pd.read_csv(path, header=None, names=["label", "title", "description"], dtype=str,
                         keep_default_na=False)
-    texts = [join_title_description(t, d)
+    texts = [normalize(f"{t} {d}", AGNEWS_RULES)
              for t, d in zip(frame["title"], frame["description"], strict=True)]
     return texts, (frame["label"].astype(int) - 1).tolist()
 
@@ -106,7 +109,7 @@ def timed(fn: Callable[[], Any]) -> float:
 def save(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    command = " ".join([f"python benchmarks/{name}.py", *sys.argv[1:]])
+    command = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     result = {"benchmark": name, "command": command, "machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

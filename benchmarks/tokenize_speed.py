@@ -8,7 +8,8 @@ save) on the real
 the full 120k-row train split (stated as an extrapolation: the full file is not available here).
 Also compares, on the same texts, cleaning + encoding in forked worker processes (what the stage
 does) with one process, tiktoken's `encode_ordinary_batch` thread pool with a plain encode
-loop, and `clean_text`'s shortcut with running every pass.
+loop, and `normalize`'s shortcut (a rule runs only on texts its trigger pattern matches) with
+running every rule on every text.
 """
 
 from __future__ import annotations
@@ -21,16 +22,24 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import ROOT, median_of, real_texts, save, timed
+from common import AGNEWS_RULES, ROOT, median_of, real_texts, save, timed
 
 from textclf.core.config import load_params
 from textclf.core.paths import Paths
 from textclf.serving import encoding as encoding_layer
-from textclf.serving.text import _clean_all_passes, clean_text
-from textclf.serving.tokenizer import load_encoding
+from textclf.serving.contract import TokenizerInfo
+from textclf.serving.text import RULES, normalize
+from textclf.serving.tokenizer import load_encoding, pad_id
 from textclf.stages import tokenize
 
 FULL_TRAIN_ROWS = 120_000
+
+
+def every_pass(text: str) -> str:
+    """``text`` through every AG News rule, without the trigger-pattern shortcut."""
+    for name in AGNEWS_RULES:
+        text = RULES[name][0](text)
+    return text
 
 
 def main() -> None:
@@ -42,6 +51,10 @@ def main() -> None:
     # Tokenization alone: the stage's optional teacher (TF-IDF folds) is timed separately below.
     params = params.model_copy(
         update={"tokenize": params.tokenize.model_copy(update={"teacher_folds": 0})})
+    details = params.data.details
+    if details is None or details.label_names is None:
+        raise SystemExit("params.yaml: data.details.label_names must name AG News's labels")
+    label_names = list(details.label_names.values())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         validated = root / "data" / "validated"
@@ -51,22 +64,29 @@ def main() -> None:
             texts[split], labels = real_texts(split)
             pd.DataFrame({"label": labels, "text": texts[split]}).to_parquet(
                 validated / f"{split}.parquet")
-        (validated / "labels.json").write_text(
-            json.dumps({"label_names": list(params.validate.label_names)}))
+        (validated / "dataset.json").write_text(json.dumps({
+            "task": "multiclass", "label_names": label_names, "normalize": AGNEWS_RULES,
+            "input_fields": {"text": ["title", "description"], "text_pair": []}}))
         tokenize.run(params, Paths(root))  # warm-up: imports, encoding load
         stage = [timed(lambda: tokenize.run(params, Paths(root)))
                  for _ in range(args.repeats)]
 
     all_texts = texts["train"] + texts["test"]
-    encoding = load_encoding(params.tokenize.encoding)
-    max_length = params.tokenize.max_length
-    encoding_name = params.tokenize.encoding
+    cfg = params.tokenize
+    encoding = load_encoding(cfg.encoding)
+    # The stage's tokenizer for these single texts (as tokenize.run builds it).
+    tok = TokenizerInfo(
+        encoding=cfg.encoding, max_length=cfg.max_length, pad_id=pad_id(encoding),
+        n_vocab=encoding.n_vocab, lowercase=False, normalize=AGNEWS_RULES,
+        head_tokens=(round(cfg.head_share * cfg.max_length) if cfg.truncation == "head_tail"
+                     else cfg.max_length),
+        pair_separator_id=-1)
     encoders = {
         "clean+encode, forked workers (used)": lambda: tokenize.encode_corpus(
-            encoding_name, all_texts, max_length, lowercase=False),
+            tok, all_texts, None),
         "clean+encode, one process": lambda: tokenize.encode_corpus(
-            encoding_name, all_texts, max_length, lowercase=False, workers=1),
-        "plain_loop": lambda: encoding_layer.encode(encoding, all_texts, max_length),
+            tok, all_texts, None, workers=1),
+        "plain_loop": lambda: encoding_layer.encode(encoding, tok, all_texts),
         "encode_ordinary_batch_2_threads": lambda: encoding.encode_ordinary_batch(
             all_texts, num_threads=2),
         "encode_ordinary_batch_1_thread": lambda: encoding.encode_ordinary_batch(
@@ -78,8 +98,9 @@ def main() -> None:
             encode_times[name].append(timed(fn))
     # The texts here are cleaned already, as validate writes them: what the shortcut saves.
     cleaners = {
-        "clean_text with its shortcut (used)": lambda: [clean_text(t) for t in all_texts],
-        "every cleaning pass": lambda: [_clean_all_passes(t) for t in all_texts],
+        "normalize with its shortcut (used)": lambda: [normalize(t, AGNEWS_RULES)
+                                                       for t in all_texts],
+        "every cleaning pass": lambda: [every_pass(t) for t in all_texts],
     }
     clean_times: dict[str, list[float]] = {name: [] for name in cleaners}
     for _ in range(args.repeats):

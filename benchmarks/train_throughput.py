@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import median_of, real_texts, save, timed
+from common import AGNEWS_RULES, median_of, real_texts, save, timed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -36,6 +36,7 @@ from textclf.modeling import network as model_module
 from textclf.modeling.network import TextClassifier
 from textclf.modeling.precision import resolve_precision
 from textclf.serving import encoding as encoding_layer
+from textclf.serving.contract import TokenizerInfo
 from textclf.serving.tokenizer import load_encoding, pad_id
 from textclf.stages import tokenize, train
 
@@ -107,7 +108,7 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
     resolved = resolve_precision(cfg)
     model = TextClassifier(ModelConfig(d_model=D_MODEL, n_layers=LAYERS, n_heads=HEADS,
                                        d_ff=D_FF, dropout=0.0), vocab_rows,
-                           num_labels=4, max_length=SEQ)
+                           num_labels=4, max_length=SEQ, sep_row=-1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=resolved.scaled)
     step_model = torch.compile(model, dynamic=True) if compile_model else model
@@ -154,8 +155,11 @@ def main() -> None:
     texts, all_labels = real_texts("train")
     pick = np.random.default_rng(0).choice(len(texts), size=args.samples, replace=False)
     encoding = load_encoding("cl100k_base")
-    flat, lengths = tokenize.encode_corpus("cl100k_base", [texts[i] for i in pick], SEQ,
-                                               lowercase=False)
+    # Head-only truncation to SEQ ids, as the reference does.
+    tok = TokenizerInfo(encoding="cl100k_base", max_length=SEQ, pad_id=pad_id(encoding),
+                        n_vocab=encoding.n_vocab, lowercase=False, normalize=AGNEWS_RULES,
+                        head_tokens=SEQ, pair_separator_id=-1)
+    flat, lengths = tokenize.encode_corpus(tok, [texts[i] for i in pick], None)
     labels = np.array([all_labels[i] for i in pick], dtype=np.int64)
     raw = encoding_layer.pad_flat(flat, lengths, pad_id(encoding), width=SEQ)
     kept = tokenize.build_vocab(flat, encoding.n_vocab, size=0, min_freq=1)

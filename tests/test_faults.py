@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import LABEL_NAMES, make_corpus
+from tests.conftest import make_corpus
 from tests.helpers import charcnn_data, params_dict, write_validated
 
 SMALL = {"tokenize": {"max_length": 32, "teacher_folds": 2}, "validate": {"min_rows": 10}}

@@ -1,8 +1,8 @@
-"""Stage `fetch`: local/file:// and HTTP sources, hash verification, clean failures, subsampling."""
+"""Stage `fetch`: local/file:// and HTTP sources, split files of any format, hash verification
+(pins belong to their source), clean failures."""
 
 from __future__ import annotations
 
-import collections
 import csv
 import hashlib
 import http.server
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_corpus, write_sha256sums
-from tests.helpers import params_dict
+from tests.helpers import charcnn_data, params_dict
 from textclf.core.config import Params, params_from_dict
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
@@ -23,8 +23,12 @@ from textclf.stages import fetch
 
 
 def make_params(overrides: dict[str, Any]) -> Params:
-    """The repo's params.yaml with fetch overrides; the real-data pins only apply to real data."""
-    return params_from_dict(params_dict(fetch={"sha256": {}, **overrides}))
+    """params.yaml reading a char-CNN corpus at ``source`` (pins per split -> per file name);
+    other keys override the fetch section."""
+    overrides = dict(overrides)
+    source = overrides.pop("source")
+    pins = {f"{split}.csv": pin for split, pin in overrides.pop("sha256", {}).items()}
+    return params_from_dict(params_dict(data=charcnn_data(source, pins), fetch=overrides))
 
 
 def sha256(path: Path) -> str:
@@ -58,7 +62,7 @@ def test_local_dir_copies_bytes_and_verifies(project: Path, corpus_dir: Path) ->
         out = project / "data" / "raw" / f"{split}.csv"
         assert out.read_bytes() == (corpus_dir / f"{split}.csv").read_bytes()
         assert summary[f"{split}_sha256"] == pins[split]
-    assert summary["train_rows"] == 240 and summary["test_rows"] == 60
+    assert summary["train_lines"] == 240 and summary["test_lines"] == 60
     assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]
     assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["test.csv", "train.csv"]
 
@@ -109,15 +113,15 @@ def test_pin_mismatch_names_the_param(project: Path, corpus_dir: Path) -> None:
                   Paths(project))
     message = str(info.value)
     assert "test.csv" in message and wrong in message and sha256(corpus_dir / "test.csv") in message
-    assert "fetch.sha256.test" in message and "params.yaml" in message
+    assert "data.details.sha256.test.csv" in message and "params.yaml" in message
     assert_nothing_written(project)
 
 
 def assert_local_copy_hint(message: str, source: str) -> None:
     assert "\n" not in message, "the error should be one paragraph"
     assert source in message
-    assert "fetch.source" in message and "params.yaml" in message
-    assert "dvc exp run -S fetch.source=" in message
+    assert "data.source" in message and "params.yaml" in message
+    assert "dvc exp run -S data.source=" in message
 
 
 def test_missing_source_dir(project: Path) -> None:
@@ -229,51 +233,51 @@ def test_http_truncated_download(project: Path, corpus_dir: Path,
     assert_nothing_written(project)
 
 
-def class_counts(path: Path) -> collections.Counter[str]:
-    return collections.Counter(row[0] for row in read_rows(path))
+def test_pins_belong_to_the_source_they_pin(project: Path, corpus_dir: Path) -> None:
+    # AG News's pins (the repo's params) must not block another source: only its SHA256SUMS.
+    data = params_dict()["data"]
+    data.update(source=str(corpus_dir), text="title", label="class")
+    data["details"]["sha256"] = {"train.csv": "0" * 64, "test.csv": "0" * 64}
+    fetch.run(params_from_dict(params_dict(data=data)), Paths(project))
+    assert (project / "data" / "raw" / "train.csv").read_bytes() == (
+        corpus_dir / "train.csv").read_bytes()
+    # The same pins, describing this very source, do apply.
+    data["details"]["for_source"] = str(corpus_dir)
+    with pytest.raises(TextclfError, match=r"data\.details\.sha256\.train\.csv"):
+        fetch.run(params_from_dict(params_dict(data=data)), Paths(project))
 
 
-def test_fraction_is_stratified_ordered_and_seeded(project: Path, corpus_dir: Path) -> None:
-    params = make_params({"source": str(corpus_dir), "fraction": 0.25, "seed": 7})
-    summary = fetch.run(params, Paths(project))
-    train = project / "data" / "raw" / "train.csv"
-    assert class_counts(train) == {"1": 15, "2": 15, "3": 15, "4": 15}
-    assert class_counts(project / "data" / "raw" / "test.csv") == {c: 4 for c in "1234"}
-    assert summary["train_rows"] == 60 and summary["test_rows"] == 16
-    # Kept rows are unchanged and in their original order; the file is quoted like the source.
-    source_rows = read_rows(corpus_dir / "train.csv")
-    kept = read_rows(train)
-    positions = [source_rows.index(row) for row in kept]
-    assert positions == sorted(positions)
-    assert train.read_text().splitlines()[0].startswith('"')
-    first = train.read_bytes()
-    fetch.run(params, Paths(project))
-    assert train.read_bytes() == first
-    fetch.run(make_params({"source": str(corpus_dir), "fraction": 0.25, "seed": 8}),
-              Paths(project))
-    assert train.read_bytes() != first
+@pytest.mark.parametrize("names", [("train.jsonl", "test.parquet"), ("train.tsv", "test.csv")])
+def test_split_files_are_found_by_name_in_any_format(project: Path, tmp_path: Path,
+                                                     names: tuple[str, str]) -> None:
+    source = tmp_path / "mixed"
+    source.mkdir()
+    for name in names:
+        (source / name).write_bytes(b"some bytes\n")
+    (source / "README.md").write_text("not a split")
+    summary = fetch.run(make_params({"source": str(source)}), Paths(project))
+    raw = project / "data" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        f"{n.split('.')[0]}.{n.split('.')[1]}" for n in names)
+    assert summary["train_file"] == names[0] and summary["test_file"] == names[1]
 
 
-def test_max_rows_per_class(project: Path, corpus_dir: Path) -> None:
-    fetch.run(make_params({"source": str(corpus_dir), "max_rows_per_class": 10}),
-              Paths(project))
-    assert class_counts(project / "data" / "raw" / "train.csv") == {c: 10 for c in "1234"}
-    # The cap only bites where a class has more rows than that.
-    fetch.run(make_params({"source": str(corpus_dir), "fraction": 0.1,
-                                 "max_rows_per_class": 10}), Paths(project))
-    assert class_counts(project / "data" / "raw" / "train.csv") == {c: 6 for c in "1234"}
-    assert class_counts(project / "data" / "raw" / "test.csv") == {c: 2 for c in "1234"}
-
-
-def test_subsampling_rejects_non_integer_class(project: Path, corpus_dir: Path) -> None:
-    lines = (corpus_dir / "train.csv").read_text().splitlines(keepends=True)
-    lines[3] = '"Sports","A title","A description"\n'
-    (corpus_dir / "train.csv").write_text("".join(lines))
-    (corpus_dir / "SHA256SUMS").unlink()
-    with pytest.raises(TextclfError, match=r"train\.csv.*line 4.*'Sports'"):
-        fetch.run(make_params({"source": str(corpus_dir), "fraction": 0.5}),
-                  Paths(project))
+def test_ambiguous_or_named_split_files(project: Path, tmp_path: Path) -> None:
+    source = tmp_path / "two"
+    source.mkdir()
+    for name in ("train.csv", "train.jsonl", "test.csv", "reviews_dev.tsv"):
+        (source / name).write_text("x\n")
+    with pytest.raises(TextclfError, match=r"2 files \(train.csv, train.jsonl\).*data.files"):
+        fetch.run(make_params({"source": str(source)}), Paths(project))
     assert_nothing_written(project)
+    data = charcnn_data(source)
+    data["files"] = {"train": "train.jsonl", "test": "reviews_dev.tsv"}
+    fetch.run(params_from_dict(params_dict(data=data)), Paths(project))
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == [
+        "test.tsv", "train.jsonl"]
+    data["files"] = {"train": "train.xlsx", "test": "test.csv"}
+    with pytest.raises(TextclfError, match=r"unknown file type '.xlsx'"):
+        fetch.run(params_from_dict(params_dict(data=data)), Paths(project))
 
 
 def _caused(top: BaseException, cause: BaseException) -> BaseException:

@@ -246,7 +246,7 @@ def test_stage_is_deterministic(tokenized, tmp_path_factory) -> None:
 
 
 def test_missing_input_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(TextclfError, match=r"validated/dataset.json: not found.*dvc repro validate"):
+    with pytest.raises(TextclfError, match=r"dataset.json: not found.*dvc repro validate"):
         tokenize.run(small_params(), Paths(tmp_path))
     assert not (tmp_path / "data" / "tokens").exists()
 

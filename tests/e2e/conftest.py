@@ -51,11 +51,19 @@ class Repo:
         self.git("commit", "-q", "-m", message)
 
     def update_params(self, **sections: dict[str, Any]) -> None:
-        path = self.root / "params.yaml"
-        raw = yaml.safe_load(path.read_text())
-        for section, values in sections.items():
-            raw[section].update(values)
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        """Change the values where they live (conf/: `data` in the default dataset preset,
+        the rest in conf/config.yaml) and compose params.yaml, as `dvc exp run` would."""
+        from dvc.utils.hydra import compose_and_dump
+
+        for path, names in ((self.root / "conf" / "dataset" / "agnews.yaml", {"data"}),
+                            (self.root / "conf" / "config.yaml", set(sections) - {"data"})):
+            raw = yaml.safe_load(path.read_text())
+            for section in names & set(sections):
+                raw[section].update(sections[section])
+            header = "# @package _global_\n" if path.parent.name == "dataset" else ""
+            path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+        compose_and_dump(self.root / "params.yaml", str(self.root / "conf"), None, "config", "",
+                         [])
 
 
 def tracked_files() -> list[str]:
@@ -67,7 +75,14 @@ def tracked_files() -> list[str]:
 
 
 def copy_project(root: Path, **sections: dict[str, Any]) -> Repo:
-    """Copy the project's tracked files to ``root``, apply params overrides, git init + commit."""
+    """Copy the project's tracked files to ``root``, apply params overrides, git init + commit.
+
+    ../shared beside the copy is the real one (a symlink), as beside the checkout: the presets'
+    relative sources resolve, and `dvc exp run -S dataset=X` works as it does for a user.
+    """
+    shared = root.parent / "shared"
+    if not shared.exists():
+        shared.symlink_to((PROJECT_ROOT.parent / "shared").resolve())
     for name in tracked_files():
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.conftest import SHARED_DATA, make_corpus
-from tests.helpers import PROJECT_ROOT, covers
+from tests.helpers import PROJECT_ROOT, charcnn_data, covers
 from textclf.core.codedeps import import_closure
 from textclf.core.paths import STAGE_OUTPUTS
 
@@ -35,7 +35,7 @@ def md5(path) -> str:
 
 def test_repro_experiment_push_pull_predict(make_repo, tmp_path) -> None:
     source = make_corpus(tmp_path / "source", n_train=80, n_test=20)
-    repo = make_repo(fetch={"source": str(source), "sha256": {}}, **SMALL)
+    repo = make_repo(data=charcnn_data(source), **SMALL)
 
     first = repo.run("dvc", "repro")
     assert stages_ran(first.stdout) == {
@@ -133,7 +133,7 @@ def test_a_code_change_reruns_exactly_the_stages_that_import_it(make_repo) -> No
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/agnews")
 def test_real_data_beats_chance_and_parity_holds(make_repo) -> None:
-    repo = make_repo(fetch={"source": str(SHARED_DATA)}, train={"epochs": 1})
+    repo = make_repo(train={"epochs": 1})  # the default preset: ../shared/data/agnews
     repo.run("dvc", "repro")
     metrics = json.loads((repo.root / "metrics" / "eval.json").read_text())
     assert metrics["model"]["accuracy"] > 0.7  # chance is 0.25 on four balanced classes

@@ -31,7 +31,7 @@ import yaml
 from tests.conftest import make_corpus
 from tests.e2e.conftest import Repo, tool_env, tracked_files
 from tests.e2e.test_pipeline import SMALL, stages_ran
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, charcnn_data
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,7 @@ def project(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Project:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, root / name)
     repo = Repo(root)
-    repo.update_params(fetch={"source": str(source), "sha256": {}}, **SMALL)
+    repo.update_params(data=charcnn_data(source), **SMALL)
     repo.run("git", "init", "-q", "-b", "main")
     # gto (the registry behind `dvc artifacts`) tags as the repo's git user.
     repo.run("git", "config", "user.name", "textclf tests")

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import make_corpus
 from tests.e2e.conftest import Repo, copy_project, tool_env
 from tests.e2e.test_pipeline import stages_ran
+from tests.helpers import charcnn_data
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def project_params(source: Path) -> dict[str, dict[str, Any]]:
-    return {"fetch": {"source": str(source), "sha256": {}}, **PARAMS}
+    return {"data": charcnn_data(source), **PARAMS}
 
 
 def full_repro(root: Path, source: Path) -> Run:

@@ -183,6 +183,10 @@ def _rules(split: str, data: DataConfig, cfg: ValidateConfig, label_map: dict | 
                     column=column, value_set=list(label_map)),
                     "every raw label value needs a name in data.details.label_names: add it "
                     "there, or fix the rows"))
+                rules.append((gxe.ExpectColumnDistinctValuesToContainSet(
+                    column=column, value_set=list(label_map)),
+                    "every named class needs training rows: fetch rows of it, or drop it from "
+                    "data.details.label_names"))
         else:
             rules.append((gxe.ExpectColumnValuesToBeInSet(column=column, value_set=train_values),
                           "a test label never seen in training cannot be predicted: fix those "
@@ -209,6 +213,8 @@ def _outcome(split: str, result: Any, fix: str) -> Outcome:
               if isinstance(i, dict) and i.get("raised_exception")]
     if raised:
         observed = f"GX could not evaluate it: {raised[0]}"
+    elif "partial_missing_list" in res:
+        observed = f"values with no rows: {res['partial_missing_list']}"
     elif "unexpected_count" in res and "element_count" in res:
         observed = (f"{res['unexpected_count']} of {res['element_count']} rows unexpected; "
                     f"expected {_expected(config.kwargs)}")
