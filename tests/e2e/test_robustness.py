@@ -46,8 +46,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 EPOCHS = PARAMS["train"]["epochs"]
 # Every metrics or plots file the pipeline writes (metrics/train/plots/ is globbed).
 RESULT_FILES = ["metrics/validation.json", "metrics/train/metrics.json", "metrics/eval.json",
-                "metrics/eval/confusion.json", "metrics/eval/misclassified.csv",
-                "metrics/parity.json"]
+                "metrics/eval/plots/sklearn/confusion_matrix.json",
+                "metrics/eval/misclassified.csv", "metrics/parity.json"]
 
 
 def md5(path: Path) -> str:
