@@ -32,12 +32,13 @@ def _run(root: Path, *args: str) -> None:
 
 def _write_results(root: Path, accuracy: float, val_acc: list[float], wrong: int) -> None:
     """The evaluate/train outputs dvc.yaml declares, with the given figures."""
-    (root / "metrics" / "eval").mkdir(parents=True, exist_ok=True)
+    plots = root / "metrics" / "eval" / "plots" / "sklearn"
+    plots.mkdir(parents=True, exist_ok=True)
     (root / "metrics" / "eval.json").write_text(
         json.dumps({"model": {"accuracy": accuracy}, "baseline": {"accuracy": 0.5}}))
     confusion = [{"actual": a, "predicted": a} for a in LABELS for _ in range(5)]
     confusion += [{"actual": "Business", "predicted": "Sports"}] * wrong
-    (root / "metrics" / "eval" / "confusion.json").write_text(json.dumps(confusion))
+    (plots / "confusion_matrix.json").write_text(json.dumps(confusion))
     curves = root / "metrics" / "train" / "plots" / "metrics" / "val"
     curves.mkdir(parents=True, exist_ok=True)
     (curves / "acc.tsv").write_text(
@@ -88,7 +89,7 @@ def test_report_holds_metrics_params_and_plot_diffs(main_report: str) -> None:
     assert "| 1 | 0.75 | 0.875 |" in text
     assert "| 2 | — | 0.9375 |" in text
     # The confusion matrix: counts, "before → after" where they changed.
-    assert "metrics/eval/confusion.json" in text
+    assert "metrics/eval/plots/sklearn/confusion_matrix.json" in text
     assert "| Business | 5 | 3 → 1 |" in text
     assert "| Sports | 0 | 5 |" in text
 
