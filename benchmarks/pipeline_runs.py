@@ -53,6 +53,7 @@ def copy_repo(target: Path) -> None:
     sh(target, "git", "init", "-q", "-b", "main")
     sh(target, "git", "add", "-A")
     sh(target, "git", *IDENTITY, "commit", "-q", "-m", "benchmark copy")
+    sh(target, "dvc", "update", "--recursive", "data/shared")  # as on a fresh clone
 
 
 def stage_times(log: str) -> dict[str, float]:

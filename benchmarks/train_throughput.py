@@ -31,14 +31,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from textclf.core.config import ModelConfig, load_params
-from textclf.modeling import batching
+from textclf.modeling import batching, optimisation
 from textclf.modeling import network as model_module
 from textclf.modeling.network import TextClassifier
 from textclf.modeling.precision import resolve_precision
 from textclf.serving import encoding as encoding_layer
 from textclf.serving.contract import TokenizerInfo
 from textclf.serving.tokenizer import load_encoding, pad_id
-from textclf.stages import tokenize, train
+from textclf.stages import tokenize
 
 SEQ, D_MODEL, LAYERS, HEADS, D_FF, BATCH = 256, 128, 6, 4, 512, 128
 
@@ -112,7 +112,8 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=resolved.scaled)
     step_model = torch.compile(model, dynamic=True) if compile_model else model
-    ema = AveragedModel(model, multi_avg_fn=train.ema_update(0.998)) if average_weights else None
+    ema = (AveragedModel(model, multi_avg_fn=optimisation.ema_update(0.998))
+           if average_weights else None)
     split = {"ids": compact, "lengths": lengths if trim else np.full_like(lengths, SEQ),
              "labels": labels}
     batches = batching.bucketed_batches(split["lengths"], BATCH, torch.Generator().manual_seed(0))
@@ -121,7 +122,7 @@ def project_pass(compact: np.ndarray, lengths: np.ndarray, labels: np.ndarray, v
         step_model.train()
         for index in batches:
             ids, y = batching.trimmed(split, index, resolved.device)
-            train.train_step(step_model, ids, y, optimizer, scaler, resolved, cfg)
+            optimisation.train_step(step_model, ids, y, optimizer, scaler, resolved, cfg)
             if ema is not None:
                 ema.update_parameters(model)
 

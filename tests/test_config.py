@@ -28,7 +28,7 @@ def test_every_preset_composes_into_valid_params(dataset: str, tmp_path) -> None
     out = tmp_path / "params.yaml"
     compose_and_dump(out, str(PROJECT_ROOT / "conf"), None, "config", "", [f"dataset={dataset}"])
     params = load_params(out)
-    assert params.data.source == f"../shared/data/{dataset}"
+    assert params.data.source == f"data/shared/{dataset}"
     assert params.data.source_details() is not None  # its facts apply to its own source
     expected = {"agnews": "multiclass", "imdb": "multiclass", "go_emotions": "multilabel",
                 "mnli": "pair"}[dataset]

@@ -14,7 +14,7 @@ from textclf.core import artifacts
 from textclf.core.codedeps import PACKAGE_DIR, import_closure
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
-from textclf.modeling import batching, checkpoint, network
+from textclf.modeling import batching, checkpoint, network, objectives, optimisation
 from textclf.modeling.bundle import load_bundle
 from textclf.modeling.precision import resolve_precision
 from textclf.stages import tokenize, train
@@ -118,8 +118,8 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
 
     real_save = checkpoint.TrainState.save
 
-    def save_then_crash(self, *args):
-        real_save(self, *args)
+    def save_then_crash(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
         if self.epoch == 1:
             raise KeyboardInterrupt("simulated kill after epoch 1")
 
@@ -188,7 +188,7 @@ def test_bucketed_batches_cover_every_row_once() -> None:
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
-    factors = [train.lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    factors = [optimisation.lr_factor(s, 100, 10, 0.1) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
@@ -227,19 +227,20 @@ def test_distillation_loss_pulls_towards_the_teacher() -> None:
                               "label_smoothing": 0.0}).train
     labels = torch.tensor([0])
     teacher = torch.tensor([[0.1, 0.9, 0.0, 0.0]])
-    near = train.classification_loss(torch.tensor([[0.0, 2.2, -5.0, -5.0]]), labels, cfg, teacher)
-    far = train.classification_loss(torch.tensor([[5.0, 0.0, 0.0, 0.0]]), labels, cfg, teacher)
+    loss = objectives.classification_loss
+    near = loss(torch.tensor([[0.0, 2.2, -5.0, -5.0]]), labels, cfg, teacher)
+    far = loss(torch.tensor([[5.0, 0.0, 0.0, 0.0]]), labels, cfg, teacher)
     assert near < far  # the true label is 0, but a pure distillation loss follows the teacher
 
 
 def test_token_dropout_keeps_padding_and_rate() -> None:
     ids = torch.randint(2, 100, (64, 50))
     ids[:, 40:] = 0
-    dropped = train.drop_tokens(ids, 0.2)
+    dropped = optimisation.drop_tokens(ids, 0.2)
     assert (dropped[:, 40:] == 0).all()
     share = (dropped[:, :40] == 1).float().mean().item()
     assert 0.15 < share < 0.25
-    assert torch.equal(train.drop_tokens(ids, 0.0), ids)
+    assert torch.equal(optimisation.drop_tokens(ids, 0.0), ids)
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16),

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -36,7 +37,7 @@ def _fail(exc: TextclfError) -> None:
     raise typer.Exit(code=1)
 
 
-def _run_stage(stage: str, params_path: Path) -> None:
+def _run_stage(stage: str, params_path: Path, **options: Any) -> None:
     # Analytics are off for every tool this project drives (no network here, and no surprise
     # traffic for users); respected if a user has set them otherwise.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -45,7 +46,7 @@ def _run_stage(stage: str, params_path: Path) -> None:
     try:
         params = load_params(params_path)
         module = importlib.import_module(f"textclf.stages.{stage}")
-        summary = module.run(params, Paths())
+        summary = module.run(params, Paths(), **options)
     except TextclfError as exc:
         _fail(exc)
     except OSError as exc:
@@ -77,9 +78,27 @@ def tokenize(params: Path = PARAMS) -> None:
 
 
 @app.command()
-def train(params: Path = PARAMS) -> None:
+def train(
+    params: Path = PARAMS,
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help=(
+        "Machines training this model together; run the same command on each, "
+        "train.nproc processes per machine.")),
+    node_rank: int = typer.Option(0, "--node-rank", min=0,
+                                  help="This machine's place, 0..nnodes-1 (0 writes the model)."),
+    rdzv_endpoint: str = typer.Option("", "--rdzv-endpoint", help=(
+        "HOST:PORT of node 0, reachable from every node (with --nnodes > 1).")),
+    rdzv_timeout: int = typer.Option(120, "--rdzv-timeout", min=1, help=(
+        "Seconds the nodes wait for each other before giving up.")),
+) -> None:
     """Train the transformer (resumes from models/checkpoint/) -> models/model.pt, metrics/train."""
-    _run_stage("train", params)
+    from textclf.modeling.distributed import Nodes
+
+    if nnodes > 1 and (not rdzv_endpoint or node_rank >= nnodes):
+        _fail(TextclfError(
+            f"train --nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address and a "
+            f"free port, the same on every node) and --node-rank between 0 and {nnodes - 1} "
+            f"(got {node_rank!r}, endpoint {rdzv_endpoint!r})."))
+    _run_stage("train", params, nodes=Nodes(nnodes, node_rank, rdzv_endpoint, rdzv_timeout))
 
 
 @app.command()

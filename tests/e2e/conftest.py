@@ -77,8 +77,8 @@ def tracked_files() -> list[str]:
 def copy_project(root: Path, **sections: dict[str, Any]) -> Repo:
     """Copy the project's tracked files to ``root``, apply params overrides, git init + commit.
 
-    ../shared beside the copy is the real one (a symlink), as beside the checkout: the presets'
-    relative sources resolve, and `dvc exp run -S dataset=X` works as it does for a user.
+    ../shared beside the copy is the real one (a symlink), as beside the checkout, so the
+    presets' imports (data/shared/*.dvc) resolve as they do for a user.
     """
     shared = root.parent / "shared"
     if not shared.exists():
@@ -91,6 +91,8 @@ def copy_project(root: Path, **sections: dict[str, Any]) -> Repo:
     repo.update_params(**sections)
     repo.run("git", "init", "-q", "-b", "main")
     repo.commit("copy of the project")
+    # As on a fresh clone (README): the presets' DVC imports of ../shared into this copy's cache.
+    repo.run("dvc", "update", "--recursive", "data/shared")
     return repo
 
 

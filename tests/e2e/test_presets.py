@@ -38,7 +38,7 @@ def test_each_preset_runs_the_whole_pipeline(make_repo, dataset: str) -> None:
     assert stages_ran(done.stdout) == {
         "fetch", "validate", "tokenize", "train", "evaluate", "export", "parity"}
     params = repo.root / "params.yaml"
-    assert f"source: ../shared/data/{dataset}" in params.read_text()
+    assert f"source: data/shared/{dataset}" in params.read_text()
     evaluation = json.loads((repo.root / "metrics" / "eval.json").read_text())
     assert evaluation["task"] == EXPECTED_TASK[dataset]
     parity = json.loads((repo.root / "metrics" / "parity.json").read_text())

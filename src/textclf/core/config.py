@@ -246,6 +246,9 @@ class TrainConfig(_Section):
     # Train on the validation rows too and ship the last epoch: the final fit once the settings
     # were chosen on validation (false: hold them out, select the best epoch on them).
     refit: bool
+    # Processes training one model data-parallel (torchrun's launcher, gloo on CPU, NCCL with one
+    # GPU each on CUDA); train.batch_size is the batch they share, so the lr needs no rescaling.
+    nproc: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _refit_has_nothing_to_stop_on(self) -> TrainConfig:

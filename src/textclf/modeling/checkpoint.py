@@ -44,35 +44,51 @@ class TrainState:
         else:
             self.stale_epochs += 1
 
-    def save(self, path: Path, model, optimizer, scheduler, scaler, ema=None) -> None:
+    def save(self, path: Path, model, optimizer, scheduler, scaler, ema=None,
+             rank_rng: list[torch.Tensor] | None = None) -> None:
+        """Write the resume point; ``rank_rng`` holds every process's RNG state (rank order)."""
         payload = {
             "fingerprint": self.fingerprint, "epoch": self.epoch, "history": self.history,
             "best_row": self.best_row, "best_weights": self.best_weights,
             "stale_epochs": self.stale_epochs, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "scaler": scaler.state_dict(), "rank_rng": rank_rng or [torch.get_rng_state()],
             "ema": ema.state_dict() if ema is not None else None,
         }
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
             torch.save(payload, fh)  # an open file: same bytes for the same state (bundle.py)
 
-    def load_into(self, path: Path, model, optimizer, scheduler, scaler, ema=None) -> bool:
-        """Resume from ``path`` when it belongs to this exact run; report whether it did."""
+    def read(self, path: Path) -> dict | None:
+        """The checkpoint at ``path`` if it belongs to this exact run, else None."""
         if not path.exists():
-            return False
+            return None
         try:
             payload = safe_torch_load(path)
         except TextclfError:
-            return False  # unreadable resume point: start over rather than fail the stage
+            return None  # unreadable resume point: start over rather than fail the stage
         if payload.get("fingerprint") != self.fingerprint:
-            return False  # another config or other data: its progress does not apply
+            return None  # another config or other data: its progress does not apply
+        return payload
+
+    def restore(self, payload: dict | None, model, optimizer, scheduler, scaler, ema=None,
+                rank: int = 0, world_size: int = 1) -> bool:
+        """Continue from ``payload`` (``read``'s result); report whether there was one.
+
+        Each process gets back its own RNG state when the run has as many processes as the one
+        that wrote the checkpoint; with another count, rank 0 gets the first and the others
+        keep their fresh seeds (the result is then equivalent, not identical).
+        """
+        if payload is None:
+            return False
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         if ema is not None:
             ema.load_state_dict(payload["ema"])
-        torch.set_rng_state(payload["torch_rng"])
+        rank_rng = payload["rank_rng"]
+        if len(rank_rng) == world_size or rank == 0:
+            torch.set_rng_state(rank_rng[rank if len(rank_rng) == world_size else 0])
         for name in ("epoch", "history", "best_row", "best_weights", "stale_epochs"):
             setattr(self, name, payload[name])
         return True

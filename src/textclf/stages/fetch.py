@@ -31,7 +31,8 @@ SUMS_NAME = "SHA256SUMS"
 _CHUNK = 1 << 20
 _LOCAL_COPY_HINT = (
     "point the stage at a local copy: set data.source in params.yaml to a directory holding "
-    "the train and test files (this repo's default is ../shared/data/agnews), or run "
+    "the train and test files (this repo's default is data/shared/agnews, a DVC import of "
+    "../shared/data/agnews), or run "
     "`dvc exp run -S data.source=/path/to/data`."
 )
 
