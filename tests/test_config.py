@@ -68,6 +68,9 @@ def test_source_details_belong_to_their_source_only() -> None:
                                        "multilabel, pair"),
         ("data", "files", {"dev": "dev.csv"}, "`data.files.dev` must be one of train, test"),
         ("data", "source", "  ", "`data.source` must be a non-blank string"),
+        # A union-typed key: named once, with every form it may take.
+        ("data", "text", 5, "`data.text` must be a string or a list of strings, got 5"),
+        ("train", "nproc", 0, "`train.nproc` must be >= 1, got 0"),
     ],
 )
 def test_bad_value_names_key(section: str, key: str, value: object, needle: str) -> None:

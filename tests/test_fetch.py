@@ -132,6 +132,18 @@ def test_missing_source_dir(project: Path) -> None:
     assert_nothing_written(project)
 
 
+def test_missing_dvc_import_says_how_to_bring_it(project: Path) -> None:
+    # A fresh clone before `dvc update`: the .dvc file is there, its directory is not.
+    (project / "data" / "shared").mkdir(parents=True)
+    (project / "data" / "shared" / "agnews.dvc").write_text("frozen: true\n")
+    with pytest.raises(TextclfError) as info:
+        fetch.run(make_params({"source": "data/shared/agnews"}), Paths(project))
+    message = str(info.value)
+    assert "data/shared/agnews" in message and "does not exist" in message
+    assert "dvc update data/shared/agnews.dvc" in message and "\n" not in message
+    assert not (project / "data" / "raw").exists()
+
+
 def test_missing_file_in_source(project: Path, corpus_dir: Path) -> None:
     (corpus_dir / "test.csv").unlink()
     (corpus_dir / "SHA256SUMS").unlink()

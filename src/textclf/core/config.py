@@ -339,9 +339,13 @@ def _section_names() -> list[str]:
 def _describe(exc: ValidationError) -> str:
     """pydantic's errors as one paragraph: each key, what it must be, what it is."""
     problems, first_bad = [], None
+    wrong: dict[str, tuple[list[str], Any]] = {}  # key -> (what it may be, its value)
     for error in exc.errors():
-        # pydantic marks a bad mapping key with a trailing "[key]": the key itself is the problem.
-        loc = [str(part) for part in error["loc"] if part != "[key]"]
+        # pydantic marks a bad mapping key with a trailing "[key]" (the key itself is the
+        # problem) and a value that fits no branch of a union once per branch, tagged with the
+        # branch's type ("constrained-str", "tuple[...]"): one key, "must be X or Y".
+        loc = [str(part) for part in error["loc"]
+               if part != "[key]" and not _UNION_BRANCH.match(str(part))]
         if error["type"] == "param_rule":  # raised on the section: the key is in its context
             loc.append(error["ctx"]["key"])
         key = ".".join(loc)
@@ -358,8 +362,10 @@ def _describe(exc: ValidationError) -> str:
                             " fix the spelling or remove it")
         else:
             value = error["ctx"]["value"] if kind == "param_rule" else error.get("input")
-            problems.append(f"`{key}` must be {_expected(error, loc)}, got {value!r}")
+            wrong.setdefault(key, ([], value))[0].append(_expected(error, loc))
             first_bad = first_bad or key
+    problems += [f"`{key}` must be {' or '.join(dict.fromkeys(expected))}, got {value!r}"
+                 for key, (expected, value) in wrong.items()]
     hint = (f" (or override it for one experiment with `dvc exp run -S {first_bad}=...`)"
             if first_bad else "")
     return f"params.yaml: {'; '.join(problems)}. Fix it in params.yaml{hint}."
@@ -377,6 +383,9 @@ _KINDS = {
     "too_short": "a list of at least {min_length} items",
 }
 
+
+# The tag pydantic puts in an error's location for each branch of a union-typed field.
+_UNION_BRANCH = re.compile(r"^(constrained-str|str|int|float|bool|none|.+\[.*\])$")
 
 # What each pattern a field is checked against means, in the words of the error.
 _PATTERNS = {_SHA256: "64 hex digits", _NOT_BLANK: "a non-blank string"}

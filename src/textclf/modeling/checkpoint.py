@@ -3,7 +3,8 @@
 Not a pipeline output: a local cache that `train` reads only when its fingerprint (configs,
 token files and the training code) matches the run at hand, so a killed `dvc repro` resumes and
 a changed experiment, or changed code, starts over. It holds the optimiser, scheduler and scaler
-states and the RNG, so the resumed run ends exactly where an uninterrupted one would.
+states and every process's RNG, so the resumed run ends exactly where an uninterrupted one would.
+Only rank 0 of a data-parallel run writes and reads it; the other ranks receive what it read.
 """
 
 from __future__ import annotations

@@ -45,10 +45,13 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     train, val, test = (load_split(paths.tokens, s) for s in ("train", "val", "test"))
     if bundle.train_config.get("refit", False):
         train = joined_splits(train, val)
+    # The validation rows' inputs serve only multi-label's baseline thresholds.
+    wanted = [("train", "train", train), ("test", "test", test)]
+    if multilabel:
+        wanted.append(("val", "train", val))
     inputs = {name: as_inputs(*inputs_of_rows(paths.validated / f"{file}.parquet",
                                                split["rows"], pairs))
-              for name, file, split in (("train", "train", train), ("val", "train", val),
-                                        ("test", "test", test))}
+              for name, file, split in wanted}
     names, actual, k = bundle.label_names, test["labels"], len(bundle.label_names)
 
     logits = batched_logits(bundle.model, test["ids"], test["lengths"], cfg.batch_size)

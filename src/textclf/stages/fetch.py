@@ -97,9 +97,12 @@ class _Source:
             self.label = source if self.base == source else f"{source} ({self.base})"
             if not Path(self.base).is_dir():
                 what = "is not a directory" if Path(self.base).exists() else "does not exist"
+                tracked = Path(f"{self.base}.dvc").is_file()
                 raise TextclfError(
                     f"fetch: the source directory {self.label} {what}. To fix it, "
-                    f"{_LOCAL_COPY_HINT}"
+                    + (f"bring it from DVC's cache: `dvc update {source}.dvc` (a fresh clone: "
+                       "`dvc update --recursive data/shared`), or `dvc pull`." if tracked
+                       else _LOCAL_COPY_HINT)
                 )
 
     @contextmanager

@@ -110,7 +110,8 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
         head_tokens=(round(cfg.head_share * cfg.max_length) if cfg.truncation == "head_tail"
                      else cfg.max_length),
         pair_separator_id=separator_id(encoding) if pairs else -1)
-    labels = {name: label_array(frame["label"]) for name, frame in frames.items()}
+    multilabel = dataset["task"] == "multilabel"
+    labels = {name: label_array(frame["label"], multilabel) for name, frame in frames.items()}
 
     train_rows, val_rows = stratified_split(labels["train"], cfg.val_fraction, cfg.seed)
     split_rows = {"train": train_rows, "val": val_rows, "test": np.arange(len(frames["test"]))}
@@ -158,10 +159,9 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     return summary
 
 
-def label_array(column: Any) -> np.ndarray:
+def label_array(column: Any, multilabel: bool) -> np.ndarray:
     """int64 (N,) class indices, or float32 (N, K) 0/1 rows for multi-label."""
-    first = column.iloc[0] if len(column) else 0
-    if np.ndim(first) == 1:
+    if multilabel:
         return np.stack(column.to_numpy()).astype(np.float32)
     return column.to_numpy(np.int64)
 

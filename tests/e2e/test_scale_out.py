@@ -1,6 +1,7 @@
-"""Sweeps through DVC's queue with the default params (the data reaches each queued copy of the
-repo through DVC: data/shared/*.dvc), a result equal to the same settings run in the workspace,
-and an experiment shared through a git remote + the DVC remote to a teammate's clone."""
+"""Scaling out through DVC as users type it: a sweep through the queue with the default params
+(the data reaches each queued copy of the repo through DVC: data/shared/*.dvc), its results equal
+to the same settings run in the workspace, the best shared through a git remote + the DVC remote
+to a teammate's clone; and the train stage in two data-parallel processes (train.nproc)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_a_queued_sweep_equals_workspace_runs_and_travels_to_a_teammate(make_rep
     # Share the best one: git refs to a bare remote, its DVC outputs to the DVC remote.
     best = max(found, key=lambda name: found[name]["eval"]["model"]["accuracy"])
     remote = tmp_path / "remote.git"
-    repo.run("git", "init", "-q", "--bare", str(remote))
+    repo.run("git", "init", "-q", "--bare", "-b", "main", str(remote))
     repo.git("remote", "add", "origin", str(remote))
     repo.git("push", "-q", "origin", "main")
     repo.run("dvc", "exp", "push", "origin", best)
@@ -90,3 +91,23 @@ def test_a_queued_sweep_equals_workspace_runs_and_travels_to_a_teammate(make_rep
     assert json.loads((teammate.root / "metrics" / "eval.json").read_text()) == found[best]["eval"]
     predicted = teammate.run("textclf", "predict", "Stocks rally as the central bank holds rates")
     assert json.loads(predicted.stdout)["label"] in {"World", "Sports", "Business", "Sci/Tech"}
+
+
+def test_the_train_stage_in_two_processes_matches_one(make_repo) -> None:
+    """`dvc exp run -S train.nproc=2` on AG News rows: the metrics of the same run in one process
+    (dropout off, so both take the same steps up to float summation order)."""
+    repo = make_repo(**QUICK)
+    same_steps = ["-S", "model.dropout=0", "-S", "train.token_dropout=0"]
+    repo.run("dvc", "exp", "run", "-S", "train.nproc=1", *same_steps)
+    one = {name: json.loads((repo.root / "metrics" / name).read_text())
+           for name in ("eval.json", "train/metrics.json")}
+    two_procs = repo.run("dvc", "exp", "run", "-S", "train.nproc=2", *same_steps)
+    assert stages_ran(two_procs.stdout) == {"train", "evaluate", "export", "parity"}
+    two = {name: json.loads((repo.root / "metrics" / name).read_text())
+           for name in ("eval.json", "train/metrics.json")}
+    runtime = json.loads((repo.root / "metrics" / "runtime" / "train.json").read_text())
+    assert runtime["processes"] == 2
+    accuracy_one, accuracy_two = (m["eval.json"]["model"]["accuracy"] for m in (one, two))
+    assert abs(accuracy_one - accuracy_two) <= 0.01
+    loss_one, loss_two = (m["train/metrics.json"]["best/train_loss"] for m in (one, two))
+    assert abs(loss_one - loss_two) <= 1e-3 * loss_one
