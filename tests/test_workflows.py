@@ -149,3 +149,23 @@ def test_pipeline_comments_once_and_keeps_secrets_out_of_the_pipeline_code() -> 
     assert "textclf report --rev" in runs and "dvc exp run" in runs
     script = comment["steps"][0]["run"]
     assert MARKER in script and "PATCH" in script and "POST" in script
+
+
+def test_the_ci_sized_run_overrides_compose_into_valid_params(tmp_path: Path) -> None:
+    """The pipeline workflow's fallback run (`dvc exp run -S ...`) must name keys that exist:
+    compose them as DVC would and load the result with the stages' own checks."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from textclf.core.config import load_params
+
+    workflow = load(PROJECT_ROOT / ".github" / "workflows" / "pipeline.yml")
+    words = workflow["jobs"]["repro"]["env"]["CI_SIZED_OVERRIDES"].split()
+    assert words[::2] == ["-S"] * (len(words) // 2)
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(PROJECT_ROOT / "conf"), None, "config", "", words[1::2])
+    params = load_params(out)
+    assert params.data.source.startswith("https://")
+    assert params.data.source_details() is not None  # the preset's layout applies upstream
+    assert params.validate.max_rows and params.train.epochs == 1
+    steps = workflow["jobs"]["repro"]["steps"]
+    assert any("dvc exp run --allow-missing" in s.get("run", "") for s in steps)

@@ -127,7 +127,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One corpus for every copy: params.yaml (fetch.source) is then identical in all of them."""
+    """One corpus for every copy: params.yaml (data.source) is then identical in all of them."""
     return make_corpus(tmp_path_factory.mktemp("robustness_corpus"), n_train=N_PER_CLASS,
                        n_test=20)
 
