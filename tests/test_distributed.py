@@ -164,7 +164,8 @@ def test_two_processes_take_the_steps_of_one(project, tmp_path) -> None:
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_run_and_a_rerun_resumes_identically(project, tmp_path) -> None:
     reference = _copy_tokens(project, tmp_path / "reference")
-    config = {"nproc": 2, "epochs": 4, "token_dropout": 0.1}  # per-rank RNG must resume too
+    # Many short epochs: the kill lands mid-run; token dropout: per-rank RNG must resume too.
+    config = {"nproc": 2, "epochs": 30, "token_dropout": 0.1}
     train.run(small_params(**_sections(**config)), Paths(reference))
     _write_params(project, **config)
 
