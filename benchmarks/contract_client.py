@@ -4,11 +4,11 @@
 
 Scores the shipped model on the raw test rows of its own dataset (data.source of params.yaml,
 read as the data section says, before any normalisation) three ways, all through ONNX Runtime:
-`Predictor.predict` (the reference), a client that builds ids from the README's contract alone
-(normalisation rules from the metadata, tiktoken, truncation; re-implemented here without
-textclf's serving code), and a client that skips the normalisation (raw text -> ids, the
-contract as it read before the rules were in the metadata). Reports accuracy of each and how
-many rows' ids differ from the reference.
+`Predictor.predict` (the reference), a client that builds ids from the documented contract alone
+(docs/architecture.md: normalisation rules from the metadata, tiktoken, truncation;
+re-implemented here without textclf's serving code), and a client that skips the normalisation
+(raw text -> ids, the contract as it read before the rules were in the metadata). Reports
+accuracy of each and how many rows' ids differ from the reference.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common import ROOT, save
 
 
 def contract_rules() -> dict:
-    """The README's rule definitions, written again from the text (not imported)."""
+    """The contract's rule definitions, written again from the text (not imported)."""
     tag, space = re.compile(r"<[^<>]{0,200}>"), re.compile(r"\s+")
     return {
         "scrape_entities": lambda t: re.sub(r"(?<!&)#(x?[0-9a-fA-F]+);", r"&#\1;",

@@ -29,9 +29,9 @@ import pytest
 import yaml
 
 from tests.conftest import make_corpus
-from tests.e2e.conftest import Repo, tool_env, tracked_files
+from tests.e2e.conftest import Repo, copy_project, tool_env
 from tests.e2e.test_pipeline import SMALL, stages_ran
-from tests.helpers import PROJECT_ROOT, charcnn_data
+from tests.helpers import charcnn_data
 
 pytestmark = pytest.mark.slow
 
@@ -186,17 +186,13 @@ def project(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Project:
     """The pipeline run once on synthetic data, committed with an S3 default remote, pushed."""
     base = tmp_path_factory.mktemp("remote_project")
     source = make_corpus(base / "source", n_train=80, n_test=20)
-    root = base / "repo"
-    for name in tracked_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, root / name)
-    repo = Repo(root)
-    repo.update_params(data=charcnn_data(source), **SMALL)
-    repo.run("git", "init", "-q", "-b", "main")
+    # As a user's copy: the shared datasets' imports are in its cache (and get pushed), its
+    # pipeline reads its own data.
+    repo = copy_project(base / "repo", data=charcnn_data(source), **SMALL)
+    root = repo.root
     # gto (the registry behind `dvc artifacts`) tags as the repo's git user.
     repo.run("git", "config", "user.name", "textclf tests")
     repo.run("git", "config", "user.email", "tests@textclf.invalid")
-    repo.commit("copy of the project")
 
     env = s3.env()
     run(root, "dvc", "repro", env=env)

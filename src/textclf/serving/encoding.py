@@ -4,10 +4,10 @@ The one definition of how ids are built, shared by the tokenize stage (the train
 export (the compact-id map baked into the graph) and serving (`Predictor`), so train and serve
 cannot drift. numpy and tiktoken only.
 
-Truncation (the README's model contract): a single text longer than max_length keeps its first
-``head_tokens`` ids and its last ``max_length - head_tokens`` (long reviews put their verdict at
-the end); a pair is ``first ids + [separator id] + second ids``, and while it is longer than
-max_length the longer side loses its last id (the second side on a tie).
+Truncation (the model contract, docs/architecture.md): a single text longer than max_length
+keeps its first ``head_tokens`` ids and its last ``max_length - head_tokens`` (long reviews put
+their verdict at the end); a pair is ``first ids + [separator id] + second ids``, and while it
+is longer than max_length the longer side loses its last id (the second side on a tie).
 
 Compact ids: row 0 is padding, row 1 is "unknown", rows 2.. are the training split's raw ids.
 """

@@ -4,7 +4,8 @@ A dataset names its rules (params: ``data.details.normalize``); validate applies
 training data, export writes the list into the ONNX metadata, and `Predictor` applies the same
 list to user input, so the model sees at serving time exactly the kind of text it trained on.
 A client in another language re-implements the rules from their definitions below (and the
-README's model contract). A clean corpus lists none: its text reaches the tokenizer unchanged.
+model contract in docs/architecture.md). A clean corpus lists none: its text reaches the
+tokenizer unchanged.
 
 - ``scrape_entities``: HTML entities that lost their ampersand in a scrape (AG News):
   `` #39;`` -> ``'`` (with the space standing where ``&`` was), ``#NNN;`` / ``#xHH;`` ->
