@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,21 @@ def write_validated(root: Path, corpus: Path, data: dict[str, Any] | None = None
         "task": cfg.resolved_task, "label_names": names, "normalize": list(rules),
         "input_fields": {"text": list(cfg.text_columns),
                          "text_pair": [cfg.text_pair] if cfg.text_pair else []}}))
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (every socket is held until all are chosen)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def copy_tokens(root: Path, to: Path) -> Path:
+    """``root``'s data/tokens into ``to`` (another project dir, for a second training run)."""
+    shutil.copytree(root / "data" / "tokens", to / "data" / "tokens")
+    return to

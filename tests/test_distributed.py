@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,14 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import charcnn_data, params_dict, small_params, write_validated
+from tests.helpers import (
+    charcnn_data,
+    copy_tokens,
+    free_ports,
+    params_dict,
+    small_params,
+    write_validated,
+)
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
 from textclf.modeling.bundle import load_bundle
@@ -70,23 +76,10 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def _copy_tokens(root: Path, to: Path) -> Path:
-    import shutil
-
-    shutil.copytree(root / "data" / "tokens", to / "data" / "tokens")
-    return to
-
-
 def _cli_train(root: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "textclf.cli", "train", *args], cwd=root,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _worker_pids(launcher_pid: int) -> list[int]:
@@ -141,8 +134,8 @@ def test_nodes_need_an_endpoint(project) -> None:
 @pytest.mark.slow
 def test_two_processes_take_the_steps_of_one(project, tmp_path) -> None:
     """2 processes x half of each batch = 1 process x the whole batch (same averaged gradient)."""
-    alone = _copy_tokens(project, tmp_path / "alone")
-    other_batches = _copy_tokens(project, tmp_path / "other_batches")
+    alone = copy_tokens(project, tmp_path / "alone")
+    other_batches = copy_tokens(project, tmp_path / "other_batches")
     train.run(small_params(**_sections(nproc=1)), Paths(alone))
     train.run(small_params(**_sections(nproc=1, batch_size=8)), Paths(other_batches))
     summary = train.run(small_params(**_sections(nproc=2)), Paths(project))
@@ -163,7 +156,7 @@ def test_two_processes_take_the_steps_of_one(project, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_run_and_a_rerun_resumes_identically(project, tmp_path) -> None:
-    reference = _copy_tokens(project, tmp_path / "reference")
+    reference = copy_tokens(project, tmp_path / "reference")
     # Many short epochs: the kill lands mid-run; token dropout: per-rank RNG must resume too.
     config = {"nproc": 2, "epochs": 30, "token_dropout": 0.1}
     train.run(small_params(**_sections(**config)), Paths(reference))
@@ -199,10 +192,10 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes_identically(project, tm
 @pytest.mark.slow
 def test_two_nodes_over_loopback_train_one_model(project, tmp_path) -> None:
     """Two `textclf train --nnodes 2` (one process each), as on two machines; node 0 writes."""
-    node1 = _copy_tokens(project, tmp_path / "node1")
-    standalone = _copy_tokens(project, tmp_path / "standalone")
+    node1 = copy_tokens(project, tmp_path / "node1")
+    standalone = copy_tokens(project, tmp_path / "standalone")
     train.run(small_params(**_sections(nproc=2)), Paths(standalone))
-    port = str(_free_port())
+    port = str(free_ports(1)[0])
     for root in (project, node1):
         _write_params(root, nproc=1)
     nodes = [_cli_train(root, "--nnodes", "2", "--node-rank", str(rank),
@@ -222,7 +215,7 @@ def test_an_unreachable_rendezvous_fails_within_its_timeout(project) -> None:
     _write_params(project, nproc=1)
     started = time.monotonic()
     node = _cli_train(project, "--nnodes", "2", "--node-rank", "1",
-                      "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-timeout", "5")
+                      "--rdzv-endpoint", f"127.0.0.1:{free_ports(1)[0]}", "--rdzv-timeout", "5")
     _, stderr = node.communicate(timeout=SHARED_SECONDS)
     assert node.returncode == 1
     assert time.monotonic() - started < 60

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import LABEL_NAMES
-from tests.helpers import small_params, write_validated
+from tests.helpers import copy_tokens, small_params, write_validated
 from textclf.core import artifacts
 from textclf.core.codedeps import PACKAGE_DIR, import_closure
 from textclf.core.errors import TextclfError
@@ -36,12 +36,6 @@ def _outside_the_checkout(tmp_path, monkeypatch):
 
 def _train(root, **overrides):
     return train.run(small_params(**overrides), Paths(root))
-
-
-def _copy_tokens(src, dst):
-    import shutil
-
-    shutil.copytree(src / "data" / "tokens", dst / "data" / "tokens")
 
 
 def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
@@ -100,7 +94,7 @@ def test_refit_trains_on_the_validation_rows_and_ships_the_last_epoch(tokens_roo
 
 
 def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
-    _copy_tokens(tokens_root, tmp_path)
+    copy_tokens(tokens_root, tmp_path)
     _train(tokens_root)
     _train(tmp_path)
     first = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
@@ -112,7 +106,7 @@ def test_same_seed_same_weights(tokens_root, tmp_path) -> None:
                          ids=["raw-weights-selected-on-val", "weight-average-refit"])
 def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_path, monkeypatch,
                                                             ema_decay: float, refit: bool) -> None:
-    _copy_tokens(tokens_root, tmp_path)
+    copy_tokens(tokens_root, tmp_path)
     config = {"epochs": 3, "patience": 0, "ema_decay": ema_decay, "refit": refit}
     reference = _train(tokens_root, train=config)
 

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import yaml
 from tests.conftest import make_corpus
 from tests.e2e.conftest import Repo, copy_project, tool_env
 from tests.e2e.test_pipeline import SMALL, stages_ran
-from tests.helpers import charcnn_data
+from tests.helpers import charcnn_data, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -70,18 +69,6 @@ class S3Server:
             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
 
-def _free_ports(n: int) -> list[int]:
-    # Hold every socket until all are chosen so the n ports are distinct.
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _stop(proc: subprocess.Popen[bytes], grpc_ports: list[int]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -113,7 +100,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}
     (home / "s3.json").write_text(json.dumps(identities))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
     server.endpoint = f"http://127.0.0.1:{s3_port}"
     args = [
         weed, "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -292,7 +279,7 @@ def test_server_down_fails_cleanly_and_changes_nothing(project, s3, tmp_path) ->
     work = clone(project, tmp_path / "clone")
     run(work, "dvc", "remote", "add", "--local", "down", f"s3://{BUCKET}/store", env=s3.env())
     run(work, "dvc", "remote", "modify", "--local", "down", "endpointurl",
-        f"http://127.0.0.1:{_free_ports(1)[0]}", env=s3.env())
+        f"http://127.0.0.1:{free_ports(1)[0]}", env=s3.env())
     env = s3.env(AWS_MAX_ATTEMPTS="1")  # the same failure, without a minute of retries
     before = snapshot(work)
     pulled = run(work, "dvc", "pull", "-r", "down", "models/model.onnx", env=env, check=False)
