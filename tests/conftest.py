@@ -122,7 +122,8 @@ def tiny_model_project(tmp_path_factory: pytest.TempPathFactory) -> object:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model_project: object) -> Path:
     """models/model.onnx exported from the tiny project's model (treat as read-only)."""
-    from textclf.stages import export
+    from textclf.stages import evaluate, export
 
+    evaluate.run(tiny_params(), tiny_model_project)  # the model card quotes its metrics
     export.run(tiny_params(), tiny_model_project)
     return tiny_model_project.onnx

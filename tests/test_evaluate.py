@@ -71,6 +71,17 @@ def test_evaluate_writes_metrics_confusion_and_mistakes(tiny_model_project: Path
     assert table["confidence"].is_monotonic_decreasing
     assert table["text"].str.len().max() <= 300
 
+    predictions = json.loads(paths.eval_predictions.read_text())
+    assert predictions["label_names"] == LABEL_NAMES and predictions["headline"] == "accuracy"
+    rows = predictions["rows"]
+    assert [row[1] for row in rows] == test["labels"].tolist()
+    assert [LABEL_NAMES[row[2]] for row in rows] == [row["predicted"] for row in confusion]
+    model_hits = np.mean([row[1] == row[2] for row in rows])
+    base_hits = np.mean([row[1] == row[3] for row in rows])
+    assert model_hits == pytest.approx(report["model"]["accuracy"], abs=1e-6)
+    assert base_hits == pytest.approx(report["baseline"]["accuracy"], abs=1e-6)
+    assert len({row[0] for row in rows}) == len(rows)  # the synthetic test texts are distinct
+
 
 @pytest.mark.parametrize("refit", [False, True], ids=["held-out-val", "refit"])
 def test_baseline_fits_on_the_rows_the_model_trained_on(tiny_model_project: Paths, tmp_path: Path,

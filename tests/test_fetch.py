@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.server
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -64,7 +65,12 @@ def test_local_dir_copies_bytes_and_verifies(project: Path, corpus_dir: Path) ->
         assert summary[f"{split}_sha256"] == pins[split]
     assert summary["train_lines"] == 240 and summary["test_lines"] == 60
     assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]
-    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["test.csv", "train.csv"]
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == [
+        "source.json", "test.csv", "train.csv"]
+    record = json.loads((project / "data" / "raw" / "source.json").read_text())
+    assert record == {"source": str(corpus_dir), "files": {
+        split: {"name": f"{split}.csv", "sha256": pins[split], "lines": summary[f"{split}_lines"]}
+        for split in ("train", "test")}}
 
 
 def test_relative_source_and_file_url(project: Path) -> None:
@@ -270,7 +276,7 @@ def test_split_files_are_found_by_name_in_any_format(project: Path, tmp_path: Pa
     summary = fetch.run(make_params({"source": str(source)}), Paths(project))
     raw = project / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(
-        f"{n.split('.')[0]}.{n.split('.')[1]}" for n in names)
+        ["source.json", *(f"{n.split('.')[0]}.{n.split('.')[1]}" for n in names)])
     assert summary["train_file"] == names[0] and summary["test_file"] == names[1]
 
 
@@ -286,7 +292,7 @@ def test_ambiguous_or_named_split_files(project: Path, tmp_path: Path) -> None:
     data["files"] = {"train": "train.jsonl", "test": "reviews_dev.tsv"}
     fetch.run(params_from_dict(params_dict(data=data)), Paths(project))
     assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == [
-        "test.tsv", "train.jsonl"]
+        "source.json", "test.tsv", "train.jsonl"]
     data["files"] = {"train": "train.xlsx", "test": "test.csv"}
     with pytest.raises(TextclfError, match=r"unknown file type '.xlsx'"):
         fetch.run(params_from_dict(params_dict(data=data)), Paths(project))

@@ -38,7 +38,8 @@ def _train(root, **overrides):
     return train.run(small_params(**overrides), Paths(root))
 
 
-def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
+def test_trains_a_loadable_model_that_beats_chance(tokens_root, monkeypatch) -> None:
+    monkeypatch.setattr(train, "LOG_EVERY_STEPS", 2)  # the tiny corpus has few steps per epoch
     summary = _train(tokens_root, train={"epochs": 3, "refit": False})
     assert summary["best_val_acc"] > 0.6  # four classes: chance is 0.25
     bundle = load_bundle(tokens_root / "models" / "model.pt")
@@ -50,6 +51,17 @@ def test_trains_a_loadable_model_that_beats_chance(tokens_root) -> None:
     assert metrics["best/val_acc"] == summary["best_val_acc"]
     curve = (tokens_root / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
     assert curve[0] == "step\tacc" and len(curve) == 1 + summary["epochs_run"]
+    # The loss and lr every 2 steps, at the same steps; validation at each epoch's last step.
+    plots = tokens_root / "metrics/train/plots/metrics"
+    loss = [line.split("\t") for line in (plots / "train/loss.tsv").read_text().splitlines()]
+    lr = [line.split("\t") for line in (plots / "lr.tsv").read_text().splitlines()]
+    steps = [int(row[0]) for row in loss[1:]]
+    assert loss[0] == ["step", "loss"] and lr[0] == ["step", "lr"]
+    assert steps == [int(row[0]) for row in lr[1:]] and steps == sorted(set(steps))
+    assert len(steps) > 2 * summary["epochs_run"] and all(float(row[1]) > 0 for row in loss[1:])
+    epoch_ends = [int(line.split("\t")[0]) for line in curve[1:]]
+    assert epoch_ends[-1] == steps[-1] and set(epoch_ends) <= set(steps)
+    assert float(lr[1][1]) != float(lr[-1][1])  # warm-up and decay: the schedule is visible
     # Speed differs between identical runs: it goes beside the metrics, not into them.
     assert not any("samples_per_s" in key or key == "resumed" for key in metrics)
     runtime = json.loads((tokens_root / "metrics" / "runtime" / "train.json").read_text())
@@ -128,8 +140,12 @@ def test_crash_after_checkpoint_resumes_to_identical_result(tokens_root, tmp_pat
     a = load_bundle(tokens_root / "models" / "model.pt").model.state_dict()
     b = load_bundle(tmp_path / "models" / "model.pt").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    curve = (tmp_path / "metrics/train/plots/metrics/train/loss.tsv").read_text().splitlines()
-    assert len(curve) == 4  # replayed epoch 1 + trained epochs 2 and 3
+    # Replayed epoch 1 + trained epochs 2 and 3: the curves an uninterrupted run draws.
+    for curve in ("train/loss.tsv", "lr.tsv"):
+        a_curve, b_curve = (root / "metrics/train/plots/metrics" / curve
+                            for root in (tokens_root, tmp_path))
+        assert b_curve.read_text() == a_curve.read_text()
+        assert len(b_curve.read_text().splitlines()) >= 4
 
 
 def test_the_saved_model_is_the_weight_average_when_enabled(tokens_root) -> None:

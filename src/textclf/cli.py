@@ -1,4 +1,4 @@
-"""`textclf`: one command per pipeline stage, plus `predict` and `report`.
+"""`textclf`: one command per pipeline stage, plus `predict`, `card`, `report` and `plots`.
 
 Thin on purpose: load params.yaml once, call the stage's ``run(params, paths)``, and turn a
 ``TextclfError``, or a file-system fault (no space, read-only, permission denied, path too
@@ -109,7 +109,7 @@ def evaluate(params: Path = PARAMS) -> None:
 
 @app.command()
 def export(params: Path = PARAMS) -> None:
-    """Export to ONNX with the vocabulary map and metadata inside -> models/model.onnx."""
+    """Export to ONNX with vocabulary map, metadata and model card inside -> models/model.onnx."""
     _run_stage("export", params)
 
 
@@ -138,6 +138,18 @@ def predict(
         _fail(exc)
     sys.stdout.flush()
     raise typer.Exit(code=code)
+
+
+@app.command()
+def card(model: Path = typer.Argument(Path("models/model.onnx"), help="An exported model.")
+         ) -> None:
+    """Print the model card inside an exported model (markdown): data, metrics, limits."""
+    from textclf.card import read_card
+
+    try:
+        typer.echo(read_card(model), nl=False)
+    except TextclfError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -176,6 +188,29 @@ def report(
     except TextclfError as exc:
         _fail(exc)
     typer.echo(text, nl=False)
+
+
+@app.command()
+def plots(
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the PNGs (default: docs/plots "
+                             "under --root)."),
+    root: Path = typer.Option(Path("."), "--root", help="The DVC project to draw."),
+    write_template: bool = typer.Option(False, "--write-template", help=(
+        "Instead, regenerate .dvc/plots/offline.html, the page `dvc plots show` fills, with "
+        "Vega inlined (after upgrading vl-convert-python).")),
+) -> None:
+    """Draw the pipeline's plots as PNGs, from `dvc plots show`'s specs -> docs/plots/."""
+    from textclf import plots as plots_module
+
+    try:
+        if write_template:
+            written = [plots_module.write_template(root)]
+        else:
+            written = plots_module.run(out, root)
+    except TextclfError as exc:
+        _fail(exc)
+    for path in written:
+        typer.echo(path)
 
 
 if __name__ == "__main__":

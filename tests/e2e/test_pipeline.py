@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 
 from tests.conftest import SHARED_DATA, make_corpus
 from tests.helpers import PROJECT_ROOT, charcnn_data, covers
@@ -141,3 +142,21 @@ def test_real_data_beats_chance_and_parity_holds(make_repo) -> None:
     # The stage writes parity.json only when parity holds; check the figures all the same.
     parity = json.loads((repo.root / "metrics" / "parity.json").read_text())
     assert parity["max_abs_diff"] <= 1e-4 and parity["argmax_agreement"] == 1.0
+
+    # The model card inside the ONNX file: the metrics of metrics/eval.json, the data files'
+    # sha256 that dvc.lock records for the fetch stage.
+    card = repo.run("textclf", "card", "models/model.onnx").stdout
+    assert card == (repo.root / "models" / "model.card.md").read_text()
+    table = {cells[0]: cells[1:] for line in card.splitlines() if line.startswith("| ")
+             for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+    for key in ("accuracy", "macro_f1"):
+        assert table[key] == [str(metrics["model"][key]), str(metrics["baseline"][key])]
+    for label, figures in metrics["model"]["per_class"].items():
+        assert table[label] == [str(figures[k]) for k in ("precision", "recall", "f1")]
+    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())
+    pinned = lock["stages"]["fetch"]["params"]["params.yaml"]["data"]["details"]["sha256"]
+    assert [table[split][2].strip("`") for split in ("train", "test")] == [
+        pinned["train.csv"], pinned["test.csv"]]
+    validation = json.loads((repo.root / "metrics" / "validation.json").read_text())
+    assert [table[split][1] for split in ("train", "test")] == [
+        str(validation[split]["rows"]) for split in ("train", "test")]

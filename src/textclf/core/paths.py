@@ -62,6 +62,18 @@ class Paths:
         return self.metrics / "eval" / "misclassified.csv"
 
     @property
+    def raw_source(self) -> Path:
+        return self.raw / "source.json"  # fetch's record of each split file's origin, sha256
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "models" / "model.card.md"
+
+    @property
+    def eval_predictions(self) -> Path:
+        return self.metrics / "eval" / "predictions.json"
+
+    @property
     def onnx(self) -> Path:
         return self.root / "models" / "model.onnx"
 
@@ -90,7 +102,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "validate": ("validated", "validation_metrics"),
     "tokenize": ("tokens",),
     "train": ("model", "train_runtime", "train_metrics"),
-    "evaluate": ("eval_metrics", "eval_plots", "misclassified"),
-    "export": ("onnx",),
+    "evaluate": ("eval_metrics", "eval_plots", "misclassified", "eval_predictions"),
+    "export": ("onnx", "model_card"),
     "parity": ("parity_metrics", "parity_runtime"),
 }

@@ -16,6 +16,7 @@ import numpy as np
 
 from textclf.core.config import BaselineConfig
 from textclf.core.errors import TextclfError
+from textclf.core.progress import progress
 
 
 def as_inputs(texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
@@ -103,8 +104,12 @@ def teacher_probabilities(inputs: np.ndarray, labels: np.ndarray, held_out: np.n
         return probabilities(fit(fit_inputs, fit_labels, cfg), predict_inputs, num_labels)
 
     # The fits are independent and single-threaded: one process per core.
-    fitted = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1))(
-        delayed(fit_and_score)(*job) for job in jobs)
+    fitted = []
+    with progress(len(jobs), "teacher", "fit") as bar:
+        for probs in Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1), return_as="generator")(
+                delayed(fit_and_score)(*job) for job in jobs):
+            fitted.append(probs)
+            bar.update(1)
     out_of_fold = np.zeros((len(inputs), num_labels), dtype=np.float32)
     for (_, rows), fold_probs in zip(splits, fitted[:-1], strict=True):
         out_of_fold[rows] = fold_probs

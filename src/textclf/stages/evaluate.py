@@ -6,6 +6,8 @@ Writes metrics/eval.json              (the task's metrics for the model and the 
        metrics/eval/plots/            (dvclive: confusion matrix; ROC and precision-recall
                                        curves for a binary task; per-label F1 for multi-label)
        metrics/eval/misclassified.csv (the most confident wrong predictions)
+       metrics/eval/predictions.json  (every test row's label, the model's and the baseline's
+                                       decision: `textclf report` pairs two revisions on it)
 
 Metrics per task: accuracy, macro-F1 and per-class P/R/F1 for one label per row (multiclass,
 pairs); plus F1 of the positive class (label 1 of the sorted names), ROC-AUC and PR-AUC when
@@ -17,6 +19,7 @@ validation rows), so the difference measures the model, not the data.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     }
     write_json(paths.eval_metrics, report)
     _plots(paths, names, actual, predicted, probs, model_scores, multilabel)
+    write_predictions(paths.eval_predictions, bundle.task, headline, names, inputs["test"],
+                      actual, predicted, base_predicted)
     _misclassified(paths, cfg.n_misclassified, inputs["test"], names, actual, predicted, probs,
                    multilabel)
     return {"task": bundle.task, headline: model_scores[headline],
@@ -139,6 +144,33 @@ def multilabel_scores(actual: np.ndarray, predicted: np.ndarray,
         "per_class": {name: {"precision": _round(precision[i]), "recall": _round(recall[i]),
                              "f1": _round(f1[i])} for i, name in enumerate(names)},
     }
+
+
+def write_predictions(path: Path, task: str, headline: str, names: list[str],
+                      inputs: np.ndarray, actual: np.ndarray, predicted: np.ndarray,
+                      base_predicted: np.ndarray) -> None:
+    """Per test row: a key of its text, the true label(s), the model's and the baseline's.
+
+    Git-tracked, one row per line (~20 bytes each), so a pull-request report can run a paired
+    test between two revisions' decisions without pulling anything; the key (12 hex of the
+    text's sha256) pairs rows even when a change re-orders or subsamples the test split.
+    Single-label rows hold label indices, multi-label rows lists of them.
+    """
+    import hashlib
+
+    def decided(values: np.ndarray) -> list:
+        if values.ndim == 2:  # multi-label: each row's labels that are on
+            return [np.flatnonzero(row > 0.5).tolist() for row in values]
+        return values.astype(int).tolist()
+
+    texts = ["\x1f".join(row) if inputs.ndim == 2 else row for row in inputs]
+    keys = [hashlib.sha256(text.encode()).hexdigest()[:12] for text in texts]
+    rows = zip(keys, decided(actual), decided(predicted), decided(base_predicted), strict=True)
+    header = json.dumps({"format": 1, "task": task, "headline": headline, "label_names": names,
+                         "columns": ["key", "actual", "model", "baseline"]})
+    body = ",\n".join(json.dumps(list(row)) for row in rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f'{header[:-1]}, "rows": [\n{body}\n]}}\n')
 
 
 def _round(value: Any) -> float:

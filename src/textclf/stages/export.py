@@ -1,8 +1,9 @@
 """Stage `export`: models/model.pt -> models/model.onnx, one self-describing file.
 
-Reads  models/model.pt
-Writes models/model.onnx  (raw tiktoken ids in, logits out, self-describing metadata: the
-                           contract in serving/contract.py)
+Reads  models/model.pt, metrics/eval.json, metrics/validation.json, data/raw/source.json
+Writes models/model.onnx     (raw tiktoken ids in, logits out, self-describing metadata: the
+                              contract in serving/contract.py, and the model card)
+       models/model.card.md  (the same card, readable on a git host: card.py)
 
 The graph is `Bundle.raw_id_model()`, so the compact-vocabulary map travels inside the file and
 a client needs only tiktoken and onnxruntime. It is exported with the torch.export-based
@@ -13,17 +14,21 @@ with named symbolic dims (`batch`, `seq`) and no deprecated code path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
 import textclf
-from textclf.core.atomic import atomic_path
+from textclf.card import CARD_KEY, CardFacts, load_json, package_versions, render
+from textclf.core.atomic import atomic_path, write_text
 from textclf.core.config import Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
@@ -38,9 +43,44 @@ _PROTOBUF_LIMIT = 2**31
 def run(params: Params, paths: Paths) -> dict[str, object]:
     bundle = load_bundle(paths.model)
     cfg = params.export
-    export_onnx(bundle, paths.onnx, cfg.opset, cfg.quantize, cfg.ort_fusions)
+    evaluation = load_json(paths.eval_metrics, "the test metrics",
+                           "Run `dvc repro evaluate` first.")
+    with tempfile.TemporaryDirectory(dir=paths.onnx.parent) as scratch:
+        # Exported once without the card, to ask the file itself what an empty text returns.
+        plain = Path(scratch) / paths.onnx.name
+        export_onnx(bundle, plain, cfg.opset, cfg.quantize, cfg.ort_fusions)
+        empty = _empty_input_answer(plain)
+        card = render(CardFacts(
+            task=bundle.task, label_names=list(bundle.label_names),
+            input_fields=bundle.input_fields, tokenizer=dataclasses.asdict(bundle.tokenizer),
+            train_config=bundle.train_config, evaluation=evaluation,
+            validation=_optional_json(paths.validation_metrics),
+            source=_optional_json(paths.raw_source), export=cfg.model_dump(),
+            empty_input=empty, versions=package_versions()))
+        proto = onnx.load_model(plain)
+        proto.metadata_props.add(key=CARD_KEY, value=card)
+        with atomic_path(paths.onnx) as tmp:
+            onnx.save_model(proto, tmp, save_as_external_data=False)
+    write_text(paths.model_card, card)
     return {"onnx": str(paths.onnx), "bytes": paths.onnx.stat().st_size, "opset": cfg.opset,
-            "quantized": cfg.quantize, "ort_fusions": cfg.ort_fusions}
+            "quantized": cfg.quantize, "ort_fusions": cfg.ort_fusions,
+            "card": str(paths.model_card)}
+
+
+def _empty_input_answer(model: Path) -> dict[str, Any]:
+    from textclf.serving.predictor import Predictor
+
+    answer = Predictor(model).predict([""])[0]
+    if "labels" in answer:
+        return {"labels": answer["labels"]}
+    # Two decimals: the same answer on every CPU, so the card (and the file) is reproducible.
+    return {"label": answer["label"],
+            "probability": round(answer["probabilities"][answer["label"]], 2)}
+
+
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    # Provenance a partial project (a hand-run `textclf export`) may lack; the card says so.
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool = False,

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from textclf.core.atomic import atomic_dir
+from textclf.core.atomic import atomic_dir, write_json
 from textclf.core.config import DataConfig, Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
@@ -49,6 +49,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     details = data.source_details()
     pins = details.sha256 if details else {}
     summary: dict[str, Any] = {}
+    files: dict[str, dict[str, Any]] = {}
     with atomic_dir(paths.raw) as tmp_dir:
         for split, name in names.items():
             out = tmp_dir / f"{split}{Path(name).suffix.lower()}"
@@ -57,6 +58,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             summary[f"{split}_file"] = name
             summary[f"{split}_lines"] = lines
             summary[f"{split}_sha256"] = digest
+            files[split] = {"name": name, "sha256": digest, "lines": lines}
+        # Provenance for the model card (export): where each split came from, its exact bytes.
+        write_json(tmp_dir / paths.raw_source.name, {"source": data.source, "files": files})
     return summary
 
 

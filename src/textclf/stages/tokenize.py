@@ -17,6 +17,7 @@ tens of thousands the data uses. How a text becomes ids is serving/encoding.py's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -33,6 +34,7 @@ from textclf.core.atomic import atomic_dir
 from textclf.core.config import Params
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
+from textclf.core.progress import progress
 from textclf.modeling.baseline import as_inputs, teacher_probabilities
 from textclf.serving.contract import TokenizerInfo
 from textclf.serving.encoding import PAD_ROW, compact_map, encode, flatten, pad_flat, take_rows
@@ -46,21 +48,29 @@ def encode_corpus(tok: TokenizerInfo, texts: Sequence[str], pairs: Sequence[str]
                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Model input of every text (or pair), encoded: (flat raw ids int64, lengths int64).
 
-    tiktoken holds the GIL, so threads do not help; forked worker processes each clean and
-    encode one contiguous part (1.41x on 2 cores, benchmarks/tokenize_speed.py). ``workers`` 0
-    means one per available core; small corpora and platforms without fork stay in-process.
+    tiktoken holds the GIL, so threads do not help; forked worker processes clean and encode
+    contiguous parts (1.41x on 2 cores, benchmarks/tokenize_speed.py), in order, a few thousand
+    texts at a time so the progress bar moves. ``workers`` 0 means one per available core;
+    small corpora and platforms without fork stay in-process.
     """
     workers = workers or _available_cores()
-    parts = _contiguous_parts(len(texts), workers if len(texts) >= _PARALLEL_MIN_TEXTS else 1)
+    parallel = (workers > 1 and len(texts) >= _PARALLEL_MIN_TEXTS
+                and "fork" in multiprocessing.get_all_start_methods())
+    parts = _contiguous_parts(len(texts), max(workers if parallel else 1,
+                                              -(-len(texts) // _PART_TEXTS)))
     jobs = [(tok, texts[a:b], pairs[a:b] if pairs is not None else None) for a, b in parts]
-    if len(jobs) == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        results = [_encode_part(job) for job in jobs]
-    else:
-        load_encoding(tok.encoding)  # loaded once here, inherited by every forked worker
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(len(jobs) - 1, mp_context=context) as pool:
-            pending = [pool.submit(_encode_part, job) for job in jobs[1:]]
-            results = [_encode_part(jobs[0])] + [future.result() for future in pending]
+    results = []
+    with progress(len(texts), "tokenize", "text") as bar, contextlib.ExitStack() as stack:
+        if parallel:
+            load_encoding(tok.encoding)  # loaded once here, inherited by every forked worker
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork")))
+            encoded = pool.map(_encode_part, jobs)
+        else:
+            encoded = map(_encode_part, jobs)
+        for (a, b), result in zip(parts, encoded, strict=True):
+            results.append(result)
+            bar.update(b - a)
     return (np.concatenate([flat for flat, _ in results]),
             np.concatenate([lengths for _, lengths in results]))
 
@@ -168,6 +178,8 @@ def label_array(column: Any, multilabel: bool) -> np.ndarray:
 
 # Below this many texts, starting a worker process costs more than it saves.
 _PARALLEL_MIN_TEXTS = 4096
+# Texts per unit of work (and progress step): large enough that passing it to a worker is cheap.
+_PART_TEXTS = 4096
 
 
 def _available_cores() -> int:

@@ -36,6 +36,7 @@ from textclf.core.codedeps import import_closure
 from textclf.core.config import Params, TrainConfig
 from textclf.core.errors import TextclfError
 from textclf.core.paths import Paths
+from textclf.core.progress import progress
 from textclf.modeling.batching import (
     batched_logits,
     bucketed_batches,
@@ -56,6 +57,10 @@ from textclf.modeling.optimisation import (
 )
 from textclf.modeling.precision import Precision, resolve_precision
 from textclf.serving.contract import TokenizerInfo
+
+# The training curve's resolution: the loss is averaged over windows of this many steps (a
+# few dozen batches smooth the per-batch noise and still give ~60 points for a default run).
+LOG_EVERY_STEPS = 25
 
 
 def run(params: Params, paths: Paths, nodes: Nodes | None = None) -> dict[str, Any]:
@@ -146,7 +151,7 @@ def _train(params: Params, paths: Paths, world: World, precision: Precision) -> 
         best = state.best_row or {}
         if live is not None:
             live.summary.update({f"best/{k}": v for k, v in best.items()
-                                 if k not in ("lr", "samples_per_s")})
+                                 if k not in ("lr", "samples_per_s", "steps")})
             live.summary.update({"epochs_run": len(state.history),
                                  "train_rows": len(train_split["labels"]),
                                  "precision": str(precision.dtype or "fp32").replace("torch.", ""),
@@ -232,52 +237,52 @@ def _metrics_log(paths: Paths, state: TrainState, world: World) -> Iterator[Any]
 def _train_epoch(opt: Optimisation, stepper: torch.nn.Module, epoch: int,
                  split: dict[str, np.ndarray], teacher_probs: np.ndarray | None,
                  precision: Precision, cfg: TrainConfig,
-                 world: World) -> tuple[dict[str, float], float]:
-    """One pass over ``split`` in shuffled length buckets: ({epoch, train_loss}, samples/s)."""
+                 world: World) -> tuple[dict[str, Any], float]:
+    """One pass over ``split`` in shuffled length buckets: ({epoch, train_loss, steps},
+    samples/s); ``steps`` holds [step, mean loss, lr] every LOG_EVERY_STEPS steps."""
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     batches = bucketed_batches(split["lengths"], cfg.batch_size, generator)
     opt.model.train()
-    seen, loss_sum, started = 0, 0.0, time.perf_counter()
-    for batch in _progress(batches, epoch, cfg.epochs, world.writer):
-        if len(batch) < world.size:  # a tail batch too small to share: every process skips it
-            continue
-        index = world.share(batch)
-        ids, labels = trimmed(split, index, precision.device)
-        ids = drop_tokens(ids, cfg.token_dropout)
-        teacher = (torch.from_numpy(teacher_probs[index]).to(precision.device)
-                   if teacher_probs is not None else None)
-        loss = train_step(stepper, ids, labels, opt.optimizer, opt.scaler, precision, cfg,
-                          teacher, weight=len(index) * world.size / len(batch))
-        opt.scheduler.step()
-        if opt.ema is not None:
-            opt.ema.update_parameters(opt.model)
-        seen += len(index)
-        loss_sum += loss * len(index)
-    loss_sum, seen = world.all_sum([loss_sum, seen], precision.device)
-    return ({"epoch": epoch + 1, "train_loss": loss_sum / seen},
+    # Per logging window: [loss sum, rows, step, lr]; summed over processes once per epoch.
+    windows: list[list[float]] = []
+    started = time.perf_counter()
+    with progress(len(split["labels"]), f"epoch {epoch + 1}/{cfg.epochs}", "sample",
+                  shown=world.writer) as bar:
+        for i, batch in enumerate(batches):
+            bar.update(len(batch))
+            if len(batch) < world.size:  # a tail batch too small to share: all processes skip
+                continue
+            index = world.share(batch)
+            ids, labels = trimmed(split, index, precision.device)
+            ids = drop_tokens(ids, cfg.token_dropout)
+            teacher = (torch.from_numpy(teacher_probs[index]).to(precision.device)
+                       if teacher_probs is not None else None)
+            loss = train_step(stepper, ids, labels, opt.optimizer, opt.scaler, precision, cfg,
+                              teacher, weight=len(index) * world.size / len(batch))
+            opt.scheduler.step()
+            if opt.ema is not None:
+                opt.ema.update_parameters(opt.model)
+            if not windows or i % LOG_EVERY_STEPS == 0:
+                windows.append([0.0, 0, 0, 0.0])
+            step = epoch * len(batches) + i + 1
+            windows[-1][:] = [windows[-1][0] + loss * len(index), windows[-1][1] + len(index),
+                              step, opt.scheduler.get_last_lr()[0]]
+    sums = world.all_sum([value for w in windows for value in w[:2]], precision.device)
+    steps = [[int(w[2]), sums[2 * j] / sums[2 * j + 1], w[3]] for j, w in enumerate(windows)]
+    seen = sum(sums[1::2])
+    return ({"epoch": epoch + 1, "train_loss": sum(sums[0::2]) / seen, "steps": steps},
             seen / (time.perf_counter() - started))
 
 
-def _progress(batches: list[np.ndarray], epoch: int, epochs: int,
-              shown: bool = True) -> Iterator[np.ndarray]:
-    from tqdm import tqdm
-
-    # A live bar on a terminal; logs (CI, dvc repro > file) get the per-epoch line instead.
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", mininterval=2.0,
-               dynamic_ncols=True, disable=None if shown else True)
-    seen, started = 0, time.perf_counter()
-    for index in bar:
-        yield index
-        seen += len(index)
-        bar.set_postfix(samples_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
-
-
-def _log_epoch(live: Any, row: dict[str, float]) -> None:
-    live.log_metric("train/loss", row["train_loss"])
-    if "val_loss" in row:
-        live.log_metric("val/loss", row["val_loss"])
-        for key in ("val_acc", "val_micro_f1"):
-            if key in row:
-                live.log_metric(key.replace("_", "/", 1), row[key])
-    live.log_metric("lr", row["lr"], plot=False)
-    live.next_step()
+def _log_epoch(live: Any, row: dict[str, Any]) -> None:
+    """The epoch's loss/lr windows at their steps, then its validation figures at its last."""
+    for step, loss, lr in row["steps"]:
+        live.step = step
+        live.log_metric("train/loss", loss)
+        live.log_metric("lr", lr)
+    for key in ("val_loss", "val_acc", "val_micro_f1"):
+        if key in row:
+            live.log_metric(key.replace("_", "/", 1), row[key])
+    live.log_metric("epoch", row["epoch"], plot=False)
+    live.summary["train/epoch_loss"] = row["train_loss"]
+    live.make_summary()
