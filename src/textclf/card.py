@@ -161,8 +161,8 @@ def _limits_lines(facts: CardFacts) -> list[str]:
         " of them, with no 'unknown' answer: check a sample of your own texts before relying "
         "on it." + seen,
         f"Texts beyond {tok['max_length']} tokens are cut (the middle is dropped). An empty "
-        f"text (or one that normalises to nothing) returns {answer}, flagged `\"empty\": true` "
-        "by `textclf predict`.",
+        f"{'pair' if facts.task == 'pair' else 'text'} (or one that normalises to nothing) "
+        f"returns {answer}, flagged `\"empty\": true` by `textclf predict`.",
     ]
 
 

@@ -70,7 +70,8 @@ def run(params: Params, paths: Paths) -> dict[str, object]:
 def _empty_input_answer(model: Path) -> dict[str, Any]:
     from textclf.serving.predictor import Predictor
 
-    answer = Predictor(model).predict([""])[0]
+    predictor = Predictor(model)
+    answer = predictor.predict([""], [""] if predictor.task == "pair" else None)[0]
     if "labels" in answer:
         return {"labels": answer["labels"]}
     # Two decimals: the same answer on every CPU, so the card (and the file) is reproducible.
