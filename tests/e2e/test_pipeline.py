@@ -159,4 +159,4 @@ def test_real_data_beats_chance_and_parity_holds(make_repo) -> None:
         pinned["train.csv"], pinned["test.csv"]]
     validation = json.loads((repo.root / "metrics" / "validation.json").read_text())
     assert [table[split][1] for split in ("train", "test")] == [
-        str(validation[split]["rows"]) for split in ("train", "test")]
+        f"{validation[split]['rows']:,}" for split in ("train", "test")]

@@ -80,4 +80,4 @@ def test_readme_commands_run_as_written(make_repo) -> None:
                 # A sweep's comma list composes one value at a time, as the queue does.
                 single = [o.split(",")[0] if "=" in o and "[" not in o else o
                           for o in overrides]
-                repo.run("textclf", "compose", *single, "--output", "composed.yaml")
+                repo.run("textclf", "compose", *single, "--params", "composed.yaml")
