@@ -49,7 +49,7 @@ def encode_corpus(tok: TokenizerInfo, texts: Sequence[str], pairs: Sequence[str]
     """Model input of every text (or pair), encoded: (flat raw ids int64, lengths int64).
 
     tiktoken holds the GIL, so threads do not help; forked worker processes clean and encode
-    contiguous parts (1.41x on 2 cores, benchmarks/tokenize_speed.py), in order, a few thousand
+    contiguous parts (1.34x on 2 cores: docs/results.md, Tokenization), in order, a few thousand
     texts at a time so the progress bar moves. ``workers`` 0 means one per available core;
     small corpora and platforms without fork stay in-process.
     """
