@@ -35,6 +35,7 @@ class CardFacts:
     validation: dict[str, Any] | None  # metrics/validation.json
     source: dict[str, Any] | None  # data/raw/source.json: where the split files came from
     export: dict[str, Any]  # opset, quantize, ort_fusions
+    parity: dict[str, Any]  # the limits the parity stage holds this file to
     empty_input: dict[str, Any]  # what the exported model returns for ""
     versions: dict[str, str]
 
@@ -102,9 +103,10 @@ def render(facts: CardFacts) -> str:
         f"{'int8 weights' if facts.export['quantize'] else 'fp32'}, ONNX Runtime fusions "
         f"{'on' if facts.export['ort_fusions'] else 'off'}; raw tiktoken ids in, logits out "
         "(docs/architecture.md). The `parity` stage runs this file and the PyTorch model on "
-        "every test row plus edge cases and fails `dvc repro` unless they agree within the "
-        "`parity` limits of params.yaml; its figures are metrics/parity.json of the same "
-        "commit, its serving latency (p50, one text) metrics/runtime/parity.json.",
+        "every test row plus edge cases, through the serving tokenizer, and fails `dvc repro` "
+        f"unless {_parity_limits(facts)}. Its figures are metrics/parity.json of the same "
+        "commit; the serving latency it measured (p50, one text, on the machine that ran it) "
+        "is metrics/runtime/parity.json.",
         "",
         "## Limits",
         "",
@@ -144,6 +146,14 @@ def _params_lines(train_config: dict[str, Any]) -> list[str]:
     return [f"- model: {flat(train_config.get('model', {}))}",
             f"- train: {flat(train_config.get('train', {}))}",
             f"- shipped: {shipped}"]
+
+
+def _parity_limits(facts: CardFacts) -> str:
+    limits = facts.parity
+    prefix = "int8_" if facts.export["quantize"] else ""
+    return (f"every logit agrees within {limits[prefix + 'max_abs_diff']:g}, both decide the "
+            f"same on at least {limits[prefix + 'min_argmax_agreement']:.1%} of rows and the "
+            f"ONNX file's test score is at most {limits['max_accuracy_drop']:g} lower")
 
 
 def _limits_lines(facts: CardFacts) -> list[str]:

@@ -56,6 +56,7 @@ def run(params: Params, paths: Paths) -> dict[str, object]:
             train_config=bundle.train_config, evaluation=evaluation,
             validation=_optional_json(paths.validation_metrics),
             source=_optional_json(paths.raw_source), export=cfg.model_dump(),
+            parity=params.parity.model_dump(),
             empty_input=empty, versions=package_versions()))
         proto = onnx.load_model(plain)
         proto.metadata_props.add(key=CARD_KEY, value=card)
