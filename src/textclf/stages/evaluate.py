@@ -151,7 +151,7 @@ def write_predictions(path: Path, task: str, headline: str, names: list[str],
                       base_predicted: np.ndarray) -> None:
     """Per test row: a key of its text, the true label(s), the model's and the baseline's.
 
-    Git-tracked, one row per line (~20 bytes each), so a pull-request report can run a paired
+    Git-tracked, one row per line (~27 bytes each), so a pull-request report can run a paired
     test between two revisions' decisions without pulling anything; the key (12 hex of the
     text's sha256) pairs rows even when a change re-orders or subsamples the test split.
     Single-label rows hold label indices, multi-label rows lists of them.
