@@ -201,7 +201,12 @@ def read_card(model_path: Path | str) -> str:
     return meta[CARD_KEY]
 
 
-def load_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+def load_json(path: Path, what: str, fix: str | None = None) -> dict[str, Any] | None:
+    """A JSON input of the card. With ``fix``, required: a clear error names the file and the
+    fix when it is missing. Without, provenance a partial project (a hand-run `textclf export`)
+    may lack: None, and the card says what is not recorded."""
     if not path.is_file():
+        if fix is None:
+            return None
         raise TextclfError(f"export: {path} ({what}) not found; the model card needs it. {fix}")
     return json.loads(path.read_text(encoding="utf-8"))

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from textclf.core.errors import TextclfError
+from textclf.core.paths import Paths
 
-PREDICTIONS = Path("metrics/eval/predictions.json")  # Paths.eval_predictions, from the root
+PREDICTIONS = Paths().eval_predictions  # relative to the project root
 HEADLINES = {"multiclass": "accuracy", "pair": "accuracy", "multilabel": "macro_f1"}
 COLUMNS = ("key", "actual", "model", "baseline")
 RESAMPLES = 2000

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import tempfile
 import warnings
@@ -54,8 +53,8 @@ def run(params: Params, paths: Paths) -> dict[str, object]:
             task=bundle.task, label_names=list(bundle.label_names),
             input_fields=bundle.input_fields, tokenizer=dataclasses.asdict(bundle.tokenizer),
             train_config=bundle.train_config, evaluation=evaluation,
-            validation=_optional_json(paths.validation_metrics),
-            source=_optional_json(paths.raw_source), export=cfg.model_dump(),
+            validation=load_json(paths.validation_metrics, "validation summary"),
+            source=load_json(paths.raw_source, "data provenance"), export=cfg.model_dump(),
             parity=params.parity.model_dump(),
             empty_input=empty, versions=package_versions()))
         proto = onnx.load_model(plain)
@@ -78,11 +77,6 @@ def _empty_input_answer(model: Path) -> dict[str, Any]:
     # Two decimals: the same answer on every CPU, so the card (and the file) is reproducible.
     return {"label": answer["label"],
             "probability": round(answer["probabilities"][answer["label"]], 2)}
-
-
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    # Provenance a partial project (a hand-run `textclf export`) may lack; the card says so.
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def export_onnx(bundle: Bundle, target: Path | str, opset: int, quantize: bool = False,
